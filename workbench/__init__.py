@@ -1,0 +1,1 @@
+"""split-workbench: a JAX/Flax research workbench for the privacy of split learning."""
