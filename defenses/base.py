@@ -10,13 +10,15 @@ a chain that declares an encoding decides the wire format.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-__all__ = ["CutTransform", "LossTerm", "identity", "chain", "is_identity", "dense_nbytes", "message_nbytes"]
+__all__ = ["CutTransform", "LossTerm", "Defense", "GradPrivatizer", "identity", "chain", "is_identity",
+           "dense_nbytes", "message_nbytes", "combine"]
 
 State = Any
 
@@ -104,3 +106,51 @@ def chain(*transforms: CutTransform) -> CutTransform:
 def message_nbytes(t: CutTransform, shape: tuple[int, ...], dtype: Any) -> int:
     """Bytes on the wire for one message of ``shape`` after transform ``t``."""
     return int(t.nbytes(shape, dtype)) if t.nbytes is not None else dense_nbytes(shape, dtype)
+
+
+GradPrivatizer = Callable[..., Any]
+"""``privatize(per_example_grads, *, key) -> grads``: turns the client's per-example
+parameter gradients (leading batch axis) into the update it applies (DP-SGD: clip each,
+sum, add noise, average). When a defense sets one, the protocol computes per-example
+client gradients (one vjp per example, vmapped) instead of the batch gradient."""
+
+
+@dataclass(frozen=True)
+class Defense:
+    """A defense as the places it acts on; any field may be empty.
+
+    Attributes:
+      name: the spec string that built it.
+      forward: transform of the smash during training (client -> server).
+      inference: transform of the smash after training (evaluation, queries).
+      backward: transform of the cut gradient (server -> client).
+      loss_terms: client-side regularisers on (x, z).
+      privatizer: per-example client-gradient privatizer (DP-SGD on the client's updates).
+      guarantee: the formal guarantee in words, or "empirical, no formal guarantee".
+      accountant: ``accountant(steps=..., batch_size=..., dataset_size=..., delta=...) -> dict``
+        giving (epsilon, delta) for a training schedule, when the defense has a formal one.
+    """
+
+    name: str
+    forward: CutTransform | None = None
+    inference: CutTransform | None = None
+    backward: CutTransform | None = None
+    loss_terms: tuple[LossTerm, ...] = ()
+    privatizer: GradPrivatizer | None = None
+    guarantee: str = "empirical, no formal guarantee"
+    accountant: Callable[..., dict] | None = None
+
+
+def combine(defenses: Sequence[Defense]) -> dict[str, Any]:
+    """Chains defenses in order into the trainer's arguments: forward/backward/inference
+    transforms, loss terms, and at most one gradient privatizer."""
+    privatizers = [d for d in defenses if d.privatizer is not None]
+    if len(privatizers) > 1:
+        raise ValueError(f"at most one client-gradient privatizer per run, got {[d.name for d in privatizers]}")
+    return {
+        "forward": chain(*(d.forward for d in defenses if d.forward is not None)),
+        "backward": chain(*(d.backward for d in defenses if d.backward is not None)),
+        "inference": chain(*(d.inference for d in defenses if d.inference is not None)),
+        "loss_terms": tuple(t for d in defenses for t in d.loss_terms),
+        "privatizer": privatizers[0].privatizer if privatizers else None,
+    }

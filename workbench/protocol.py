@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from defenses.base import LossTerm
+from defenses.base import GradPrivatizer, LossTerm
 from workbench.split import SplitModel
 from workbench.wire import Tap, Traffic, Wire, WireState
 
@@ -64,6 +64,9 @@ class SplitTrainer:
       wire: forward (smash) and backward (cut gradient) transforms.
       loss_terms: client-side regularisers on (x, z), e.g. NoPeek.
       loss: the server's task loss ``loss(logits, labels) -> scalar`` (mean over the batch).
+      privatizer: if set, the client computes per-example parameter gradients (one vjp per
+        example, vmapped) and applies ``privatizer(per_example, key=...)`` instead of the
+        batch gradient (DP-SGD on the client's updates).
     """
 
     model: SplitModel
@@ -72,6 +75,7 @@ class SplitTrainer:
     wire: Wire = field(default_factory=Wire)
     loss_terms: tuple[LossTerm, ...] = ()
     loss: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy
+    privatizer: GradPrivatizer | None = None
     _jit: dict = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- state
@@ -94,7 +98,7 @@ class SplitTrainer:
                       key: jax.Array) -> tuple[dict, WireState, StepMetrics, Observed]:
         """Steps 1-6 up to, not including, the optimizer updates; pure and jittable."""
         client, server = self.model.client, self.model.server
-        k_fwd, k_bwd = jax.random.split(key)
+        k_fwd, k_bwd, k_priv = jax.random.split(key, 3)
 
         # 1. client forward, keeping the vjp for step 6
         z, client_vjp = jax.vjp(lambda p: client.apply(p, x), params["client"])
@@ -118,7 +122,18 @@ class SplitTrainer:
                 return sum(t.weight * t.fn(x, z_) for t in self.loss_terms)
             reg, g_reg = jax.value_and_grad(client_reg)(z)
             cotangent = dz_sent + g_reg
-        (g_client,) = client_vjp(cotangent)
+        if self.privatizer is None:
+            (g_client,) = client_vjp(cotangent)
+        else:
+            # The batch mean in the loss makes each row of dz carry a 1/B factor; per-example
+            # gradients are those of each example's own loss, so that factor is undone.
+            b = x.shape[0]
+
+            def one(xi, ci):
+                _, vjp_i = jax.vjp(lambda p: client.apply(p, xi[None]), params["client"])
+                return vjp_i(ci[None] * b)[0]
+
+            g_client = self.privatizer(jax.vmap(one)(x, cotangent), key=k_priv)
 
         acc = (jnp.argmax(logits, -1) == y).mean()
         return ({"client": g_client, "server": g_server}, wire_state,
