@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from defenses.base import GradPrivatizer, LossTerm
+from workbench.data.base import shuffled_batches
 from workbench.split import SplitModel
 from workbench.wire import Tap, Traffic, Wire, WireState
 
@@ -164,12 +165,9 @@ class SplitTrainer:
         return fn(state, x_all, y_all, key)
 
     def _epoch(self, state, x_all, y_all, key, batch_size, tap_local):
-        n = x_all.shape[0]
-        steps = n // batch_size
-        if steps < 1:
-            raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
         k_perm, k_steps = jax.random.split(key)
-        ids_SxB = jax.random.permutation(k_perm, n)[: steps * batch_size].reshape(steps, batch_size)
+        ids_SxB = shuffled_batches(x_all.shape[0], batch_size, key=k_perm)
+        steps = ids_SxB.shape[0]
         taps = jnp.asarray(tap_local, jnp.int32)
 
         def empty_tap():
@@ -186,7 +184,7 @@ class SplitTrainer:
                 hit = taps[slot] == i
                 buf = jax.lax.cond(
                     hit,
-                    lambda b: jax.tree.map(lambda a, v: a.at[slot].set(v), b, (obs, ids.astype(jnp.int32))),
+                    lambda b: jax.tree.map(lambda a, v: a.at[slot].set(v), b, (obs, ids)),
                     lambda b: b, buf)
             return (state, buf), metrics
 

@@ -28,7 +28,7 @@ from workbench.protocol import SplitState, SplitTrainer
 from workbench.split import split
 from workbench.wire import Tap, Wire
 
-__all__ = ["TrainConfig", "FitResult", "Run", "build_trainer", "fit", "save_run", "load_run", "train"]
+__all__ = ["TrainConfig", "FitResult", "Run", "build_trainer", "fit", "prepare", "save_run", "load_run", "train"]
 
 
 @dataclass(frozen=True)
@@ -154,13 +154,19 @@ class Run:
     path: Path | None = None
 
 
-def train(config: TrainConfig, *, root: str | None = None, progress: bool = False) -> Run:
-    """Loads the data, builds the trainer, fits it and evaluates it on the test split."""
+def prepare(config: TrainConfig, *, root: str | None = None):
+    """Loads the data and builds the trainer: every configuration error surfaces here,
+    before any training. Returns ``(config with shapes filled in, trainer, dataset)``."""
     from workbench.data import load
 
     ds = load(config.data, root=root)
     config = dataclasses.replace(config, input_shape=ds.input_shape, num_classes=ds.num_classes)
-    trainer = build_trainer(config)
+    return config, build_trainer(config), ds
+
+
+def train(config: TrainConfig, *, root: str | None = None, progress: bool = False, prepared=None) -> Run:
+    """Loads the data, builds the trainer, fits it and evaluates it on the test split."""
+    config, trainer, ds = prepared if prepared is not None else prepare(config, root=root)
     result = fit(trainer, ds.x_train, ds.y_train, epochs=config.epochs, batch_size=config.batch_size,
                  key=jax.random.fold_in(jax.random.key(config.seed), 1), x_test=ds.x_test, y_test=ds.y_test,
                  progress=progress)
@@ -176,19 +182,29 @@ def _leaves(state: SplitState) -> dict[str, np.ndarray]:
             for i, x in enumerate(leaves)}
 
 
-def save_run(run: Run, path: str | os.PathLike) -> Path:
+def save_run(run: Run, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Writes ``config.json``, ``metrics.json`` and ``state.npz`` to ``path`` atomically
-    (a temporary folder beside it, then one rename): a crash leaves no half-written run."""
+    (a temporary folder beside it, then one rename): a crash leaves no half-written run.
+    With ``overwrite`` an existing run folder is replaced only once the new one is complete."""
     path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"run folder {path} already exists; choose another --out or remove it")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"run folder {path} already exists; choose another --out, remove it, "
+                              "or pass --overwrite")
+    if path.exists() and not (path / "config.json").is_file():
+        raise FileExistsError(f"{path} exists and is not a run folder; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         (tmp / "config.json").write_text(json.dumps(run.config.to_json(), indent=2))
         (tmp / "metrics.json").write_text(json.dumps(run.metrics, indent=2))
         np.savez(tmp / "state.npz", **_leaves(run.state))
-        os.replace(tmp, path)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / "run")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
