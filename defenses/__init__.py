@@ -1,8 +1,12 @@
-"""Defenses: transforms of what crosses the cut, client loss terms, DP on client updates."""
+"""Defenses: transforms of what crosses the cut, client loss terms, DP on client updates.
+
+Importing this package imports every defense module, so the registry is populated.
+"""
 
 from defenses.base import (
     CutTransform,
     Defense,
+    EmptyState,
     GradPrivatizer,
     LossTerm,
     chain,
@@ -11,10 +15,24 @@ from defenses.base import (
     identity,
     is_identity,
     message_nbytes,
+    stateless,
 )
 from defenses.registry import DEFENSES, build_defense, register_defense
+from defenses.accounting import Schedule, calibrate_noise, epsilon, privacy_report
+from defenses.clipping import clip_per_example, clip_tree_per_example, per_example_norms
+from defenses.noise import gaussian_noise, laplace_noise
+from defenses.dp_smash import dp_smash
+from defenses.dp_sgd import dp_sgd, dp_sgd_privatizer
+from defenses.nopeek import nopeek
+from defenses.dropout import cut_dropout
+from defenses.compression import quantize, topk
+from defenses.label_leakage import grad_noise, max_norm
 
 __all__ = [
-    "CutTransform", "Defense", "GradPrivatizer", "LossTerm", "chain", "combine", "dense_nbytes",
-    "identity", "is_identity", "message_nbytes", "DEFENSES", "build_defense", "register_defense",
+    "CutTransform", "Defense", "EmptyState", "GradPrivatizer", "LossTerm", "chain", "combine", "dense_nbytes",
+    "identity", "is_identity", "message_nbytes", "stateless", "DEFENSES", "build_defense", "register_defense",
+    "Schedule", "calibrate_noise", "epsilon", "privacy_report",
+    "clip_per_example", "clip_tree_per_example", "per_example_norms",
+    "gaussian_noise", "laplace_noise", "dp_smash", "dp_sgd", "dp_sgd_privatizer", "nopeek", "cut_dropout",
+    "quantize", "topk", "grad_noise", "max_norm",
 ]

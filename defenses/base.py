@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 __all__ = ["CutTransform", "LossTerm", "Defense", "GradPrivatizer", "identity", "chain", "is_identity",
-           "dense_nbytes", "message_nbytes", "combine"]
+           "dense_nbytes", "message_nbytes", "combine", "stateless", "EmptyState"]
 
 State = Any
 
@@ -69,6 +69,14 @@ _IDENTITY = CutTransform(_identity_init, _identity_apply, None)
 def identity() -> CutTransform:
     """The transform that sends the message as it is (the undefended wire)."""
     return _IDENTITY
+
+
+def stateless(fn: Callable[..., jax.Array], nbytes: Callable[[tuple[int, ...], Any], int] | None = None
+              ) -> CutTransform:
+    """A ``CutTransform`` from a pure ``fn(z, *, key) -> z`` that keeps no state."""
+    def apply(z, state, *, key):
+        return fn(z, key=key), state
+    return CutTransform(_identity_init, apply, nbytes)
 
 
 def is_identity(t: CutTransform) -> bool:
