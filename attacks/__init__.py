@@ -1,4 +1,7 @@
-"""Attacks on split learning: model inversion on smash data, label inference on cut gradients."""
+"""Attacks on split learning: model inversion on smash data, label inference on cut gradients.
+
+Importing this package imports every attack module, so ``ATTACKS`` lists them all.
+"""
 
 from attacks.base import (
     OBSERVATION_FIELDS,
@@ -8,8 +11,10 @@ from attacks.base import (
     Observation,
 )
 from attacks.registry import ATTACKS, build_attack, register_attack
+from attacks.rmle import RMLE, RMLEConfig, rmle_reconstruct
 
 __all__ = [
     "OBSERVATION_FIELDS", "AbstractAttack", "AttackResult", "MissingObservation", "Observation",
     "ATTACKS", "build_attack", "register_attack",
+    "RMLE", "RMLEConfig", "rmle_reconstruct",
 ]
