@@ -201,13 +201,19 @@ def calibrate_noise(target_epsilon: float, delta: float, schedule: Schedule, *, 
         raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
     def eps(s):
         return epsilon(s, delta, schedule, method=method)
-    lo, hi = 1e-3, 1.0
+    # Bracket by doubling/halving from 1: PLD at tiny noise multipliers needs huge
+    # discretised distributions, so the search never probes far below the answer.
+    hi = 1.0
     while eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2.0
+        hi *= 2.0
         if hi > 1e6:
             raise ValueError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon} at delta {delta}")
-    if eps(lo) <= target_epsilon:
-        return lo
+    lo = hi / 2.0
+    while eps(lo) <= target_epsilon:
+        lo, hi = lo / 2.0, lo
+        if hi < 1e-2:
+            raise ValueError(f"epsilon {target_epsilon} is reached with noise multiplier < 0.01 at delta "
+                             f"{delta}; the schedule is too short for calibration to be meaningful")
     while hi / lo > 1.0 + rtol:
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
