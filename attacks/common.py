@@ -17,7 +17,7 @@ import numpy as np
 __all__ = [
     "total_variation", "data_term", "to_box", "from_box", "initial_images", "reinit_like",
     "check_choice", "check_positive", "check_nonneg", "check_smash", "check_images", "timed",
-    "per_image_sum", "input_shape_of", "BOXES", "INITS", "LOSSES",
+    "per_image_sum", "input_shape_of", "BOXES", "INITS", "LOSSES", "ModuleApply", "minibatch",
 ]
 
 BOXES = ("clip", "sigmoid")
@@ -130,3 +130,30 @@ def timed(fn: Callable, *args, **kwargs):
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args, **kwargs))
     return out, time.perf_counter() - t0
+
+
+class ModuleApply:
+    """``apply(params, x)`` for an NNX graph definition, hashable by that definition, so it
+    can be a static argument of a jitted program and hit the compilation cache across calls."""
+
+    def __init__(self, graphdef):
+        self.graphdef = graphdef
+
+    def __call__(self, params, x):
+        from flax import nnx
+        return nnx.merge(self.graphdef, params)(x)
+
+    def __hash__(self):
+        return hash(self.graphdef)
+
+    def __eq__(self, other):
+        return isinstance(other, ModuleApply) and self.graphdef == other.graphdef
+
+
+def minibatch(key: jax.Array, step, n: int, batch_size: int) -> jax.Array:
+    """Indices of one minibatch: the whole set if it is small, else ``batch_size`` uniform
+    draws (with replacement: O(batch) per step instead of a permutation of ``n``) with key
+    ``fold_in(key, step)``. Jittable; ``n`` and ``batch_size`` are static."""
+    if batch_size >= n:
+        return jnp.arange(n)
+    return jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n)
