@@ -1,0 +1,237 @@
+"""Experiments: a frozen, serialisable spec -> one run -> one result record, written atomically.
+
+A run trains the split model with the spec's defenses, builds what the server observes,
+hands each attack exactly the fields its threat model grants, scores the reconstructions
+against the private inputs, and writes ``<out>/<hash>/result.json`` (plus a
+reconstruction grid) by renaming a finished temporary folder: a run folder either holds
+a complete record or does not exist.
+
+What the attacker observes: the attack targets are private training examples; the
+observation is what one more training step on them carries across the wire (the smash
+after the client's training-time defenses, their labels, the cut gradients after the
+server's defenses), computed with the trained parameters. With ``observe="inference"``
+the smash goes through the inference-time transforms instead (collaborative inference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench import metrics
+from workbench.registry import SpecError, parse_spec
+
+__all__ = ["ExperimentSpec", "SpecError", "run_experiment", "load_spec", "record_path", "package_versions"]
+
+TOPOLOGIES = ("vanilla",)
+OBSERVE = ("train", "inference")
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """Everything that defines one experiment; its hash names the run."""
+
+    data: str = "digits"
+    model: str = "mlp"
+    cut: str | int | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    topology: str = "vanilla"
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    train_size: int | None = None
+    aux_size: int = 200
+    targets: int = 16
+    observe: str = "train"
+    defenses: tuple[str, ...] = ()
+    attacks: tuple[str, ...] = ("rmle",)
+    seed: int = 0
+    delta: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("defenses", "attacks"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            object.__setattr__(self, name, tuple(value))
+
+    # ------------------------------------------------------------ identity
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["defenses"], d["attacks"] = list(self.defenses), list(self.attacks)
+        return d
+
+    def hash(self) -> str:
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "spec") -> "ExperimentSpec":
+        if not isinstance(d, dict):
+            raise SpecError(f"{source}: an experiment spec is a table of fields, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SpecError(f"{source}: unknown field(s) {unknown}; fields: {sorted(known)}")
+        return cls(**d)
+
+    def with_overrides(self, assignments: list[str]) -> "ExperimentSpec":
+        """Applies ``field=value`` overrides (``--set``); ``defense=X``/``attack=X`` set one-element lists."""
+        d = self.to_dict()
+        for a in assignments:
+            if "=" not in a:
+                raise SpecError(f"override {a!r} must look like field=value, e.g. epochs=5 or defense=nopeek(alpha=1.0)")
+            k, v = a.split("=", 1)
+            k = k.strip()
+            alias = {"defense": "defenses", "attack": "attacks"}.get(k)
+            if alias:
+                d[alias] = [] if v.strip() in ("", "none") else [v.strip()]
+                continue
+            if k not in d:
+                raise SpecError(f"override {a!r}: unknown field {k!r}; fields: {sorted(d)}")
+            d[k] = _literal(v)
+        return ExperimentSpec.from_dict(d, source="--set")
+
+    def to_toml(self) -> str:
+        lines = []
+        for k, v in self.to_dict().items():
+            if v is None:
+                continue
+            lines.append(f"{k} = {_toml_value(v)}")
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> "ExperimentSpec":
+        """Checks every field before any work; a bad one raises SpecError naming it."""
+        from attacks import ATTACKS
+        from defenses import DEFENSES
+        from workbench.data import list_datasets
+        from workbench.models import MODELS
+
+        ints = {"epochs": 1, "batch_size": 1, "aux_size": 1, "targets": 2, "seed": 0}
+        for name, lo in ints.items():
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise SpecError(f"field {name!r} must be an integer >= {lo}, got {v!r}")
+        if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < self.batch_size):
+            raise SpecError(f"field 'train_size' must be null or an integer >= batch_size ({self.batch_size}), "
+                            f"got {self.train_size!r}")
+        for name in ("lr", "delta"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise SpecError(f"field {name!r} must be a positive number, got {v!r}")
+        if not self.delta < 1:
+            raise SpecError(f"field 'delta' must be < 1, got {self.delta!r}")
+        names = [d["name"] for d in list_datasets()]
+        if self.data not in names:
+            raise SpecError(f"field 'data': unknown dataset {self.data!r}; known: {names}")
+        if self.model not in MODELS:
+            raise SpecError(f"field 'model': unknown model {self.model!r}; known: {sorted(MODELS)}")
+        if self.topology not in TOPOLOGIES:
+            raise SpecError(f"field 'topology': {self.topology!r} is not one of {TOPOLOGIES}")
+        if self.observe not in OBSERVE:
+            raise SpecError(f"field 'observe': {self.observe!r} is not one of {OBSERVE}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise SpecError(f"field 'optimizer': {self.optimizer!r} is not one of ('adam', 'sgd')")
+        if not isinstance(self.model_kwargs, dict):
+            raise SpecError(f"field 'model_kwargs' must be a table, got {self.model_kwargs!r}")
+        cut = self.cut if self.cut is not None else MODELS[self.model].default_cut
+        from workbench.split import _resolve_cut
+        names_ = _model_names(self.model, self.model_kwargs)
+        try:
+            _resolve_cut(names_, cut)
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"field 'cut': {e}") from None
+        for reg, specs, fld in ((DEFENSES, self.defenses, "defenses"), (ATTACKS, self.attacks, "attacks")):
+            for s in specs:
+                try:
+                    reg.build(s)  # factories check strengths (negative noise, bits < 1, ...)
+                except (ValueError, TypeError) as e:
+                    raise SpecError(f"field {fld!r}: {e}") from None
+        return self
+
+
+def _model_names(model: str, kwargs: dict) -> tuple[str, ...]:
+    from workbench.models import make_model
+
+    try:
+        return make_model(model, key=jax.random.key(0), **kwargs).names
+    except TypeError as e:
+        raise SpecError(f"field 'model_kwargs': {e}") from None
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise SpecError(f"cannot write {v!r} to TOML")
+
+
+def load_spec(path: str | os.PathLike) -> ExperimentSpec:
+    """Reads a spec from a ``.toml`` or ``.json`` file; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            d = tomllib.loads(text)
+        elif path.suffix == ".json":
+            d = json.loads(text)
+        else:
+            raise SpecError(f"spec file {path} must end in .toml or .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise SpecError(f"spec file {path} is not valid {path.suffix[1:].upper()}: {e}") from None
+    return ExperimentSpec.from_dict(d, source=str(path))
+
+
+def record_path(out_dir: str | os.PathLike, spec: ExperimentSpec) -> Path:
+    return Path(out_dir) / spec.hash() / "result.json"
+
+
+def package_versions() -> dict:
+    import flax
+    import optax
+    import skimage
+
+    v = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+         "optax": optax.__version__, "numpy": np.__version__, "scikit-image": skimage.__version__}
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        v["commit"] = out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        v["commit"] = "unknown"
+    return v

@@ -1,0 +1,237 @@
+"""Runs one ExperimentSpec: data -> training -> observation -> attacks -> scored record."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench import metrics
+from workbench.experiment import ExperimentSpec, package_versions, record_path
+
+__all__ = ["Prepared", "prepare", "train_stage", "evaluate_stage", "run_experiment", "write_record"]
+
+
+@dataclasses.dataclass
+class Prepared:
+    spec: ExperimentSpec
+    trainer: Any
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    aux_x: np.ndarray
+    aux_y: np.ndarray
+    num_classes: int
+    dataset_size: int
+
+
+def prepare(spec: ExperimentSpec) -> Prepared:
+    """Validates the spec, loads the data, carves the attacker's auxiliary set out of the
+    training set (disjoint from the private data) and builds the trainer."""
+    from workbench.data import load, split_aux
+    from workbench.models import MODELS
+    from workbench.training import TrainConfig, build_trainer
+
+    spec.validate()
+    key = jax.random.key(spec.seed)
+    ds = load(spec.data)
+    if spec.aux_size >= ds.num_train:
+        raise ValueError(f"aux_size {spec.aux_size} leaves no private training data ({ds.num_train} examples)")
+    private, aux = split_aux(ds, aux_size=spec.aux_size, key=jax.random.fold_in(key, 2))
+    x, y = private.x_train, private.y_train
+    if spec.train_size is not None:
+        x, y = x[: spec.train_size], y[: spec.train_size]
+    if spec.targets > x.shape[0]:
+        raise ValueError(f"targets {spec.targets} exceeds the {x.shape[0]} private training examples")
+    config = TrainConfig(data=spec.data, model=spec.model,
+                         cut=spec.cut if spec.cut is not None else MODELS[spec.model].default_cut,
+                         epochs=spec.epochs, batch_size=spec.batch_size, client_lr=spec.lr, server_lr=spec.lr,
+                         optimizer=spec.optimizer, seed=spec.seed, defenses=spec.defenses,
+                         model_kwargs=dict(spec.model_kwargs), input_shape=ds.input_shape,
+                         num_classes=ds.num_classes)
+    return Prepared(spec, build_trainer(config), x, y, ds.x_test, ds.y_test, aux.x_train, aux.y_train,
+                    ds.num_classes, int(x.shape[0]))
+
+
+def train_stage(p: Prepared, *, progress: bool = False):
+    from workbench.training import fit
+
+    return fit(p.trainer, p.x_train, p.y_train, epochs=p.spec.epochs, batch_size=p.spec.batch_size,
+               key=jax.random.fold_in(jax.random.key(p.spec.seed), 1), progress=progress)
+
+
+def _observation(p: Prepared, state, key):
+    """Everything any adversary could be granted; each attack gets ``.only(attack.needs)``."""
+    from attacks.base import Observation
+    from workbench.models import make_model
+    from workbench.split import split
+
+    trainer, sm = p.trainer, p.trainer.model
+    n = p.spec.targets
+    x_t, y_t = jnp.asarray(p.x_train[:n]), jnp.asarray(p.y_train[:n])
+    k_obs, k_query, k_init = jax.random.split(key, 3)
+    _, _, _, seen = trainer.compute_grads(state.params, state.wire_state, x_t, y_t, key=k_obs)
+    transform = trainer.wire.forward if p.spec.observe == "train" else trainer.wire.inference
+    t_state = transform.init(jnp.zeros((1, *sm.smash_shape), sm.smash_dtype))
+    client_params = state.params["client"]
+    smash = seen.smash
+    if p.spec.observe == "inference":
+        smash, _ = transform.apply(sm.client.apply(client_params, x_t), t_state, key=k_obs)
+
+    def query(x):
+        """The client as the wire carries its output (noise from a fixed key: deterministic)."""
+        z = sm.client.apply(client_params, x)
+        return transform.apply(z, t_state, key=k_query)[0]
+
+    # architecture knowledge: a fresh client of the same architecture, not the trained one
+    fresh = split(make_model(p.spec.model, key=k_init, input_shape=sm.input_shape, num_classes=p.num_classes,
+                             **p.spec.model_kwargs), sm.cut).params["client"]
+    obs = Observation(smash=smash, labels=seen.labels, cut_grads=seen.cut_grad, client_apply=sm.client.apply,
+                      client_params=client_params, client_init=fresh, query=query,
+                      aux_x=jnp.asarray(p.aux_x), aux_y=jnp.asarray(p.aux_y), server_apply=sm.server.apply,
+                      server_params=state.params["server"], input_shape=tuple(sm.input_shape))
+    return obs, x_t, y_t
+
+
+def _score_inversion(recon, x_true) -> dict:
+    ssim = np.asarray(metrics.ssim(recon, x_true))
+    psnr = np.asarray(metrics.psnr(recon, x_true))
+    mse = np.asarray(metrics.mse(recon, x_true))
+    return {"ssim_mean": float(ssim.mean()), "psnr_mean": float(np.mean(np.minimum(psnr, 100.0))),
+            "mse_mean": float(mse.mean()), "ssim": ssim.tolist(), "psnr": np.minimum(psnr, 100.0).tolist(),
+            "mse": mse.tolist()}
+
+
+def _score_label(output, y_true, num_classes) -> dict:
+    out = np.asarray(output)
+    if out.ndim == 1 and np.issubdtype(out.dtype, np.floating):
+        if num_classes == 2:
+            return {"auc": float(metrics.roc_auc(jnp.asarray(out), jnp.asarray(y_true)))}
+        return {"auc": None, "note": "leak AUC needs a binary task"}
+    return {"label_accuracy": float(np.mean(out.reshape(-1) == np.asarray(y_true).reshape(-1)))}
+
+
+def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) -> tuple[dict, dict]:
+    """Accuracy, dCor, privacy accounting and every attack; returns (record, reconstructions)."""
+    from attacks import build_attack
+    from defenses import build_defense
+
+    spec, trainer = p.spec, p.trainer
+    key = jax.random.fold_in(jax.random.key(spec.seed), 3)
+    t0 = time.perf_counter()
+    ev = trainer.evaluate(state.params, p.x_test, p.y_test)
+    obs, x_t, y_t = _observation(p, state, jax.random.fold_in(key, 0))
+    n_dcor = min(256, p.x_train.shape[0])
+    xd = jnp.asarray(p.x_train[:n_dcor])
+    z_clean = trainer.model.client.apply(state.params["client"], xd)
+    dcor = float(metrics.distance_correlation(xd, z_clean))
+    timings["evaluate"] = time.perf_counter() - t0
+
+    steps = spec.epochs * (p.dataset_size // spec.batch_size)
+    privacy = []
+    for d_spec in spec.defenses:
+        d = build_defense(d_spec)
+        entry = {"defense": d.name, "guarantee": d.guarantee}
+        if d.accountant is not None:
+            entry.update(d.accountant(steps=steps, batch_size=spec.batch_size, dataset_size=p.dataset_size,
+                                      delta=spec.delta))
+        privacy.append(entry)
+
+    attacks, recons = {}, {}
+    for i, a_spec in enumerate(spec.attacks):
+        attack = build_attack(a_spec)
+        t0 = time.perf_counter()
+        result = attack(obs.only(attack.needs), key=jax.random.fold_in(key, 10 + i))
+        out = jax.block_until_ready(result.output)
+        seconds = time.perf_counter() - t0
+        timings[f"attack:{a_spec}"] = seconds
+        if attack.kind == "inversion":
+            scores = _score_inversion(out, x_t)
+            recons[a_spec] = np.asarray(out)
+        else:
+            scores = _score_label(out, y_t, p.num_classes)
+        stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float, str, bool))}
+        attacks[a_spec] = {"kind": attack.kind, "needs": sorted(attack.needs), "seconds": seconds, **scores,
+                           "stats": stats}
+
+    final = history[-1]
+    record = {
+        "spec": spec.to_dict(), "hash": spec.hash(),
+        "metrics": {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
+                    "train_loss": final["train_loss"], "train_accuracy": final["train_accuracy"],
+                    "dcor_input_smash": dcor, "dcor_examples": n_dcor},
+        "history": history,
+        "bytes_per_epoch": {k: final[k] for k in ("forward_bytes", "backward_bytes", "label_bytes")},
+        "split": trainer.model.summary(),
+        "privacy": privacy,
+        "attacks": attacks,
+        "timings": timings,
+        "versions": package_versions(),
+    }
+    return record, {"original": np.asarray(x_t), **recons}
+
+
+def _grid_png(images: dict[str, np.ndarray], path: Path, columns: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for x in images.values():
+        x = np.clip(np.asarray(x[:columns], np.float32), 0, 1)
+        x = x[..., 0] if x.shape[-1] == 1 else x
+        pad = [(0, 0), (1, 1), (1, 1)] + ([(0, 0)] if x.ndim == 4 else [])
+        x = np.pad(x, pad, constant_values=1.0)
+        rows.append(np.concatenate(list(x), axis=1))
+    grid = np.concatenate(rows, axis=0)
+    plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
+
+
+def write_record(out_dir: str | os.PathLike, record: dict, images: dict[str, np.ndarray]) -> Path:
+    """Writes ``<out>/<hash>/`` atomically: a temporary folder, completed, then renamed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / record["hash"]
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{record['hash']}-", dir=out_dir))
+    try:
+        np.savez_compressed(tmp / "reconstructions.npz", **{k.replace("/", "_"): v for k, v in images.items()})
+        record = {**record, "reconstructions": {"png": "reconstructions.png", "rows": list(images)}}
+        _grid_png(images, tmp / "reconstructions.png")
+        (tmp / "result.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        if final.exists():  # a concurrent or earlier run finished the same spec first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final / "result.json"
+
+
+def run_experiment(spec: ExperimentSpec, out_dir: str | os.PathLike | None = None, *,
+                   progress: bool = False) -> dict:
+    """Runs ``spec`` end to end; with ``out_dir`` the record is written (and a finished one reused)."""
+    if out_dir is not None and record_path(out_dir, spec).is_file():
+        return json.loads(record_path(out_dir, spec).read_text())
+    timings = {}
+    t0 = time.perf_counter()
+    p = prepare(spec)
+    timings["prepare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fitted = train_stage(p, progress=progress)
+    timings["train"] = time.perf_counter() - t0
+    record, images = evaluate_stage(p, fitted.state, fitted.history, timings=timings)
+    if out_dir is not None:
+        write_record(out_dir, record, images)
+    return record
