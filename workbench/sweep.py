@@ -1,0 +1,139 @@
+"""Sweeps: a grid of ExperimentSpecs, run resumably, seeds trained as one vmapped program.
+
+Each finished run is a folder ``<out>/<hash>/`` renamed into place complete, so a sweep
+killed at any moment (even SIGKILL) and restarted skips what finished, redoes what did
+not, and never holds a half-written record. Specs that differ only in their seed share
+shapes, so their training runs as one ``vmap`` over seeds of the same epoch program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.experiment import ExperimentSpec, SpecError, record_path
+from workbench.progress import Progress
+from workbench.runner import evaluate_stage, prepare, train_stage, write_record
+
+__all__ = ["expand_grid", "parse_grid", "run_sweep", "fit_seeds"]
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``["seed=0|1|2", "defense=none", "defense=nopeek(alpha=1.0)"]`` -> ``{field: [values]}``.
+
+    Values of one field are separated by ``|`` or given by repeating the field."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"grid item {item!r} must look like field=v1|v2|v3")
+        k, v = item.split("=", 1)
+        grid.setdefault(k.strip(), []).extend(x.strip() for x in v.split("|"))
+    return grid
+
+
+def expand_grid(base: ExperimentSpec, grid: dict[str, list]) -> list[ExperimentSpec]:
+    """The cartesian product of ``grid`` applied to ``base``; every spec is validated."""
+    keys = list(grid)
+    specs = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        spec = base.with_overrides([f"{k}={v}" for k, v in zip(keys, combo)])
+        specs.append(spec.validate())
+    unique = list({s.hash(): s for s in specs}.values())
+    return unique
+
+
+def _group_key(spec: ExperimentSpec) -> str:
+    return dataclasses.replace(spec, seed=0).hash()
+
+
+def fit_seeds(prepared: list, *, progress: bool = False):
+    """Trains specs that differ only in their seed as one vmapped program.
+
+    Returns, per spec, ``(state, history)`` as ``training.fit`` would; the per-seed keys
+    are those of ``fit``, so the arithmetic matches the one-by-one path up to float
+    reassociation under ``vmap``.
+    """
+    p0 = prepared[0]
+    spec0, trainer = p0.spec, p0.trainer
+    bs, epochs = spec0.batch_size, spec0.epochs
+    states = jax.tree.map(lambda *a: jnp.stack(a), *[p.trainer.init() for p in prepared])
+    xs = jnp.stack([jnp.asarray(p.x_train) for p in prepared])
+    ys = jnp.stack([jnp.asarray(p.y_train) for p in prepared])
+    base_keys = [jax.random.fold_in(jax.random.key(p.spec.seed), 1) for p in prepared]
+    epoch = jax.jit(jax.vmap(lambda s, x, y, k: trainer._epoch(s, x, y, k, bs, ())[:2]))
+    steps = xs.shape[1] // bs
+    traffic = trainer.traffic(bs).scale(steps)
+    histories = [[] for _ in prepared]
+    bar = Progress(epochs, f"train x{len(prepared)} seeds", enabled=progress)
+    for e in range(epochs):
+        keys = jnp.stack([jax.random.fold_in(k, e) for k in base_keys])
+        t0 = time.perf_counter()
+        states, m = epoch(states, xs, ys, keys)
+        jax.block_until_ready(states)
+        seconds = time.perf_counter() - t0
+        for i in range(len(prepared)):
+            histories[i].append({"epoch": e + 1, "steps": steps, "train_loss": float(m.loss[i].mean()),
+                                 "train_accuracy": float(m.accuracy[i].mean()),
+                                 "client_reg": float(m.client_reg[i].mean()), "seconds": seconds,
+                                 "images_per_second": len(prepared) * steps * bs / seconds,
+                                 **traffic.as_dict()})
+        bar.update(1)
+    return [(jax.tree.map(lambda a: a[i], states), histories[i]) for i in range(len(prepared))]
+
+
+def _clean_stale(out_dir: Path) -> None:
+    for tmp in out_dir.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_sweep(specs: list[ExperimentSpec], out_dir, *, vmap_seeds: bool = True, progress: bool = False) -> list[dict]:
+    """Runs every spec not yet recorded in ``out_dir``; returns all records in spec order."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out_dir)  # left by a killed run: never a record, safe to drop
+    for s in specs:
+        s.validate()
+    todo = [s for s in specs if not record_path(out_dir, s).is_file()]
+    groups: dict[str, list[ExperimentSpec]] = defaultdict(list)
+    for s in todo:
+        groups[_group_key(s) if vmap_seeds else s.hash()].append(s)
+    bar = Progress(len(todo), "sweep", enabled=progress)
+    for group in groups.values():
+        if len(group) == 1:
+            _run_one(group[0], out_dir)
+            bar.update(1, group[0].hash())
+            continue
+        t0 = time.perf_counter()
+        prepared = [prepare(s) for s in group]
+        t_prep = (time.perf_counter() - t0) / len(group)
+        t0 = time.perf_counter()
+        fitted = fit_seeds(prepared)
+        t_train = (time.perf_counter() - t0) / len(group)
+        for p, (state, history) in zip(prepared, fitted):
+            timings = {"prepare": t_prep, "train": t_train, "train_path": f"vmapped over {len(group)} seeds"}
+            record, images = evaluate_stage(p, state, history, timings=timings)
+            write_record(out_dir, record, images)
+            bar.update(1, p.spec.hash())
+    return [json.loads(record_path(out_dir, s).read_text()) for s in specs]
+
+
+def _run_one(spec: ExperimentSpec, out_dir: Path) -> None:
+    timings = {}
+    t0 = time.perf_counter()
+    p = prepare(spec)
+    timings["prepare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fitted = train_stage(p)
+    timings["train"] = time.perf_counter() - t0
+    timings["train_path"] = "one by one"
+    record, images = evaluate_stage(p, fitted.state, fitted.history, timings=timings)
+    write_record(out_dir, record, images)
