@@ -1,0 +1,16 @@
+"""Many clients: round-robin split learning, SplitFed V1/V2, U-shaped and vertical split
+learning, and a FedAvg baseline, each with measured bytes, FLOPs and simulated wall time."""
+
+from workbench.topology.accounting import KINDS, Ledger, NetworkModel, TopologyResult, cost_flops, whole_train_flops
+from workbench.topology.clients import (Clients, Task, accuracy, epoch_plan, make_clients, plan_key, step_keys,
+                                        tree_nbytes, tree_weighted_mean)
+from workbench.topology.fedavg import fedavg, local_training
+from workbench.topology.sequential import same_optimizer_trainer, split_learning, splitfed_v2, turn
+from workbench.topology.splitfed import sflv1_epoch, splitfed_v1
+
+__all__ = [
+    "KINDS", "Clients", "Ledger", "NetworkModel", "Task", "TopologyResult", "accuracy", "cost_flops",
+    "epoch_plan", "fedavg", "local_training", "make_clients", "plan_key", "same_optimizer_trainer",
+    "sflv1_epoch", "split_learning", "splitfed_v1", "splitfed_v2", "step_keys", "tree_nbytes",
+    "tree_weighted_mean", "turn", "whole_train_flops",
+]
