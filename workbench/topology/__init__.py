@@ -7,10 +7,13 @@ from workbench.topology.clients import (Clients, Task, accuracy, epoch_plan, mak
 from workbench.topology.fedavg import fedavg, local_training
 from workbench.topology.sequential import same_optimizer_trainer, split_learning, splitfed_v2, turn
 from workbench.topology.splitfed import sflv1_epoch, splitfed_v1
+from workbench.topology.ushaped import UShapedModel, UShapedTrainer, u_shaped, u_split
+from workbench.topology.vertical import VerticalModel, VerticalTrainer, make_vertical, strips, vertical
 
 __all__ = [
     "KINDS", "Clients", "Ledger", "NetworkModel", "Task", "TopologyResult", "accuracy", "cost_flops",
     "epoch_plan", "fedavg", "local_training", "make_clients", "plan_key", "same_optimizer_trainer",
     "sflv1_epoch", "split_learning", "splitfed_v1", "splitfed_v2", "step_keys", "tree_nbytes",
-    "tree_weighted_mean", "turn", "whole_train_flops",
+    "tree_weighted_mean", "turn", "whole_train_flops", "UShapedModel", "UShapedTrainer", "u_shaped", "u_split",
+    "VerticalModel", "VerticalTrainer", "make_vertical", "strips", "vertical",
 ]
