@@ -12,11 +12,19 @@ from attacks.base import (
 )
 from attacks.registry import ATTACKS, build_attack, register_attack
 from attacks.inverse_net import Decoder, InverseNet, InverseNetConfig, make_decoder, train_decoder
+from attacks.label_leak import CosineLeak, NormLeak, cosine_scores, norm_scores
+from attacks.observe import evaluate_attack, observe, observe_tap, tap_targets, wire_query
+from attacks.query_free import QueryFree, ShadowConfig, train_shadow_client
 from attacks.rmle import RMLE, RMLEConfig, rmle_reconstruct
+from attacks.unsplit import LabelMatchConfig, UnSplit, UnSplitConfig, UnSplitLabels
 
 __all__ = [
     "OBSERVATION_FIELDS", "AbstractAttack", "AttackResult", "MissingObservation", "Observation",
     "ATTACKS", "build_attack", "register_attack",
     "RMLE", "RMLEConfig", "rmle_reconstruct",
     "InverseNet", "InverseNetConfig", "Decoder", "make_decoder", "train_decoder",
+    "QueryFree", "ShadowConfig", "train_shadow_client",
+    "UnSplit", "UnSplitConfig", "UnSplitLabels", "LabelMatchConfig",
+    "NormLeak", "CosineLeak", "norm_scores", "cosine_scores",
+    "observe", "observe_tap", "tap_targets", "evaluate_attack", "wire_query",
 ]

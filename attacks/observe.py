@@ -1,0 +1,180 @@
+"""From a trained split model (or a training tap) to the Observation a threat model grants,
+and scoring of an attack against the private truth.
+
+``observe`` grants exactly the fields named in ``grants`` and nothing else: an attack that
+needs more is refused by ``AbstractAttack.__call__`` with ``MissingObservation``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attacks.base import OBSERVATION_FIELDS, AbstractAttack, Observation
+from workbench import metrics
+from workbench.protocol import SplitTrainer
+from workbench.wire import Tap
+
+__all__ = ["observe", "observe_tap", "tap_targets", "evaluate_attack", "wire_query"]
+
+
+def _check_grants(grants: Iterable[str]) -> frozenset[str]:
+    grants = frozenset(grants)
+    unknown = sorted(grants - set(OBSERVATION_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown observation field(s) {unknown} in grants; known: {list(OBSERVATION_FIELDS)}")
+    return grants
+
+
+def wire_query(trainer: SplitTrainer, client_params: Any, *, key: jax.Array):
+    """``query(x) -> smash`` of the deployed client: the client's output passed through the
+    wire's ``inference`` transform, as an attacker querying the client would receive it.
+
+    The transform's randomness uses ``key`` (fixed per query function): querying the same
+    batch twice returns the same noisy smash, which keeps attacks deterministic in their key.
+    """
+    infer = trainer.wire.inference
+    apply = trainer.model.client.apply
+    state0 = infer.init(jnp.zeros((1, *trainer.model.smash_shape), trainer.model.smash_dtype))
+
+    @jax.jit
+    def query(x):
+        z, _ = infer.apply(apply(client_params, x), state0, key=key)
+        return z
+
+    return query
+
+
+def _aux_fields(grants, aux):
+    out = {}
+    if "aux_x" in grants or "aux_y" in grants:
+        if aux is None:
+            raise ValueError("grants include aux_x/aux_y but no aux=(aux_x, aux_y) was given")
+        aux_x, aux_y = aux
+        if "aux_x" in grants:
+            out["aux_x"] = jnp.asarray(aux_x)
+        if "aux_y" in grants:
+            if aux_y is None:
+                raise ValueError("grants include aux_y but aux has no labels")
+            out["aux_y"] = jnp.asarray(aux_y)
+    return out
+
+
+def _model_fields(grants, trainer: SplitTrainer, params: dict, key):
+    sm = trainer.model
+    available = {
+        "client_apply": lambda: sm.client.apply,
+        "client_params": lambda: params["client"],
+        "client_init": lambda: sm.params["client"],
+        "server_apply": lambda: sm.server.apply,
+        "server_params": lambda: params["server"],
+        "query": lambda: wire_query(trainer, params["client"], key=key),
+    }
+    return {f: make() for f, make in available.items() if f in grants}
+
+
+def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, grants: Iterable[str],
+            aux: tuple | None = None, key: jax.Array) -> Observation:
+    """What an adversary with ``grants`` observes of the trained model on ``x_targets``.
+
+    ``smash`` is the client's output on the targets through ``trainer.wire.inference``
+    (what crosses the wire at inference). ``cut_grads`` (and ``labels``) need ``y_targets``:
+    they are what the wire would carry if the targets formed one training batch at these
+    parameters (forward and backward transforms applied). ``params`` is
+    ``{"client", "server"}`` (e.g. ``state.params``). ``client_init`` grants the model's
+    initial client parameters as an architecture template (attacks re-randomise them).
+    """
+    grants = _check_grants(grants)
+    x = jnp.asarray(x_targets, jnp.float32)
+    if x.ndim != 4 or x.shape[1:] != tuple(trainer.model.input_shape):
+        raise ValueError(f"x_targets must be (N, *{tuple(trainer.model.input_shape)}), got {x.shape}")
+    k_smash, k_query, k_step = jax.random.split(key, 3)
+    fields: dict[str, Any] = {}
+    if "smash" in grants:
+        fields["smash"] = wire_query(trainer, params["client"], key=k_smash)(x)
+    if {"cut_grads", "labels"} & grants:
+        if y_targets is None:
+            raise ValueError("granting cut_grads or labels needs y_targets (the targets' labels)")
+        y = jnp.asarray(y_targets, jnp.int32)
+        _, _, _, observed = trainer.compute_grads(params, trainer.init(params).wire_state, x, y, key=k_step)
+        if "cut_grads" in grants:
+            fields["cut_grads"] = observed.cut_grad
+        if "labels" in grants:
+            fields["labels"] = y
+    fields.update(_model_fields(grants, trainer, params, k_query))
+    fields.update(_aux_fields(grants, aux))
+    return Observation(input_shape=tuple(trainer.model.input_shape), **fields)
+
+
+def observe_tap(tap: Tap, step: int, trainer: SplitTrainer, params: dict | None, *, grants: Iterable[str],
+                aux: tuple | None = None, key: jax.Array) -> Observation:
+    """The Observation at tapped training step ``step``: ``smash``, ``labels`` and
+    ``cut_grads`` exactly as recorded on the wire at that step.
+
+    Limitation: a tap records messages, not parameters. White-box fields (``client_params``,
+    ``server_params``, ``query``) come from ``params``, which the caller must supply for
+    that step (e.g. run ``fit`` for the epochs up to it and ``trainer.step`` the rest);
+    passing the final parameters for an early step attacks a different model. ``params``
+    may be None when no such field is granted.
+    """
+    grants = _check_grants(grants)
+    steps = [int(s) for s in np.asarray(tap.steps)]
+    if step not in steps:
+        raise ValueError(f"step {step} was not tapped; tapped steps: {steps}")
+    i = steps.index(step)
+    needs_params = {"client_params", "server_params", "query", "client_apply", "client_init", "server_apply"} & grants
+    if needs_params and params is None:
+        raise ValueError(f"grants {sorted(needs_params)} need the parameters at step {step}; pass params")
+    fields: dict[str, Any] = {}
+    for f, arr in (("smash", tap.smash), ("labels", tap.labels), ("cut_grads", tap.cut_grads)):
+        if f in grants:
+            fields[f] = arr[i]
+    if needs_params:
+        fields.update(_model_fields(grants, trainer, params, key))
+    fields.update(_aux_fields(grants, aux))
+    return Observation(input_shape=tuple(trainer.model.input_shape), **fields)
+
+
+def tap_targets(tap: Tap, step: int, x_train) -> tuple[np.ndarray, np.ndarray]:
+    """The private inputs and labels behind tapped step ``step`` (for scoring only)."""
+    steps = [int(s) for s in np.asarray(tap.steps)]
+    if step not in steps:
+        raise ValueError(f"step {step} was not tapped; tapped steps: {steps}")
+    ids = np.asarray(tap.example_ids[steps.index(step)])
+    return np.asarray(x_train)[ids], np.asarray(tap.labels[steps.index(step)])
+
+
+def evaluate_attack(attack: AbstractAttack, obs: Observation, truth, *, key: jax.Array,
+                    positive: int = 1) -> dict:
+    """Runs ``attack`` on ``obs`` restricted to its ``needs`` and scores it against ``truth``.
+
+    Inversion attacks: ``truth`` are the private images (N, H, W, C) in [0, 1]; returns mean
+    and per-image ``ssim``, ``psnr`` (dB), ``mse``. Label attacks: ``truth`` are the true
+    labels (N,); returns ``auc`` of the scores for ``labels == positive`` (score outputs) or
+    ``accuracy`` (integer label outputs). Always returns ``seconds`` and the attack's scalar stats.
+    """
+    result = attack(obs.only(attack.needs), key=key)
+    out: dict[str, Any] = {"attack": attack.name, "kind": attack.kind}
+    truth = jnp.asarray(truth)
+    if attack.kind == "inversion":
+        if result.output.shape != truth.shape:
+            raise ValueError(f"{attack.name} returned {result.output.shape}, the truth is {truth.shape}")
+        for name, fn in (("ssim", metrics.ssim), ("psnr", metrics.psnr), ("mse", metrics.mse)):
+            per = np.asarray(fn(result.output, truth.astype(jnp.float32)))
+            out[name] = float(per.mean())
+            out[f"{name}_per_image"] = per.tolist()
+    else:
+        if result.output.shape != truth.shape:
+            raise ValueError(f"{attack.name} returned {result.output.shape}, the labels are {truth.shape}")
+        if jnp.issubdtype(result.output.dtype, jnp.integer):
+            out["accuracy"] = float(jnp.mean(result.output == truth))
+        else:
+            out["auc"] = float(metrics.roc_auc(result.output, (truth == positive).astype(jnp.int32)))
+    for k, v in result.stats.items():
+        if isinstance(v, (int, float)) or (hasattr(v, "shape") and np.shape(v) == ()):
+            out[k] = float(v) if not isinstance(v, int) else v
+    return out
