@@ -40,14 +40,14 @@ class CompareConfig:
     num_clients: tuple[int, ...] = (1, 5, 20, 100)
     alphas: tuple = (None, 0.5)  # None: IID; a number: Dirichlet(alpha)
     data: str = "fashion-mnist"
-    n_train: int = 6000
+    n_train: int = 3000
     n_test: int = 1000
     epochs: int = 2
     batch_size: int = 10
     lr: float = 1e-3
     seed: int = 0
     network: NetworkModel = NetworkModel()
-    resnet_n_train: int = 1500  # ResNet runs use the first ``resnet_n_train`` of the subset (CPU time)
+    resnet_n_train: int = 1000  # ResNet runs use the first ``resnet_n_train`` of the subset (CPU time)
 
 
 SMOKE = CompareConfig(models=(("he2019-lenet", "relu2", {}), ("resnet18", "layer1.1", {"width": 2})),
