@@ -57,7 +57,15 @@ class Decoder(nnx.Module):
         self.ups = nnx.List(ups)
         self.conv_in = nnx.Conv(c, width, (3, 3), padding="SAME", rngs=rngs)
         self.conv_mid = nnx.Conv(width, width, (3, 3), padding="SAME", rngs=rngs)
-        self.conv_out = nnx.Conv(width, c_out, (3, 3), padding="SAME", rngs=rngs)
+        # A small size gap (e.g. 24 -> 28 after a VALID 5x5 conv) is closed by one VALID
+        # transposed conv, which undoes that conv's geometry and is much cheaper than a
+        # resize followed by a full-resolution conv; larger gaps resize first.
+        dh, dw = h_out - h, w_out - smash_shape[1] * (h // smash_shape[0])
+        self.valid_gap = 0 <= dh <= 8 and 0 <= dw <= 8
+        if self.valid_gap:
+            self.conv_out = nnx.ConvTranspose(width, c_out, (dh + 1, dw + 1), padding="VALID", rngs=rngs)
+        else:
+            self.conv_out = nnx.Conv(width, c_out, (3, 3), padding="SAME", rngs=rngs)
 
     def __call__(self, z):
         n = z.shape[0]
@@ -68,13 +76,13 @@ class Decoder(nnx.Module):
             z = jax.nn.relu(up(z))
         hdn = jax.nn.relu(self.conv_mid(jax.nn.relu(self.conv_in(z))))
         h_out, w_out, _ = self.input_shape
-        if hdn.shape[1:3] != (h_out, w_out):
+        if not self.valid_gap:
             hdn = jax.image.resize(hdn, (n, h_out, w_out, hdn.shape[-1]), "bilinear")
         return jax.nn.sigmoid(self.conv_out(hdn))
 
 
 def make_decoder(smash_shape: tuple[int, ...], input_shape: tuple[int, ...], *, key: jax.Array,
-                 width: int = 32) -> tuple[Callable, Any]:
+                 width: int = 16) -> tuple[Callable, Any]:
     """``(apply, params)`` of the default ``Decoder`` for these shapes."""
     graphdef, params = nnx.split(Decoder(tuple(smash_shape), tuple(input_shape), width=width,
                                          rngs=nnx.Rngs(params=key)), nnx.Param)
@@ -133,7 +141,7 @@ class InverseNet(AbstractAttack):
     needs = frozenset({"smash", "query", "aux_x"})
     kind = "inversion"
 
-    def __init__(self, *, steps: int = 1500, batch_size: int = 64, lr: float = 1e-3, width: int = 32,
+    def __init__(self, *, steps: int = 1500, batch_size: int = 64, lr: float = 1e-3, width: int = 16,
                  decoder: Callable | None = None):
         n = self.name
         self.config = InverseNetConfig(check_positive("steps", steps, n, integer=True),
