@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--data-root", default=None)
     ls.set_defaults(func=cmd_list)
 
-    for plugin in ("attacks.cli", "workbench.experiment_cli", "workbench.compare_cli"):
+    for plugin in ("attacks.cli", "workbench.experiment_cli", "workbench.compare_cli", "workbench.paper_cli"):
         try:
             module = __import__(plugin, fromlist=["add_subcommand"])
         except ModuleNotFoundError as e:
