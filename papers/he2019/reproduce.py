@@ -1,0 +1,77 @@
+"""He, Zhang, Lee 2019: rMLE, inverse network and query-free attacks on the LeNet at
+conv1 and relu2 (mnist10k standing in for MNIST). CIFAR specs are config-only here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import _common
+
+NAME = "he2019"
+CUTS = ("conv1", "relu2")
+ATTACKS = ("rmle", "inverse_net", "query_free")
+# minutes-long version: less data, one epoch, fewer attack steps
+SMOKE = ["epochs=2", "train_size=3000", "aux_size=500"]
+SMOKE_ATTACKS = ["rmle(steps=200, lr=0.01, tv=0.01)", "inverse_net(steps=150, width=8)",
+                 "query_free(shadow_steps=200, steps=200)"]
+
+
+def specs(smoke: bool) -> dict:
+    out = {}
+    for cut in CUTS:
+        spec = _common.load(NAME, f"lenet_{cut}.toml", SMOKE if smoke else [])
+        if smoke:
+            import dataclasses
+            spec = dataclasses.replace(spec, attacks=tuple(SMOKE_ATTACKS))
+        out[cut] = spec
+    return out
+
+
+def run(out_dir: Path, smoke: bool) -> dict:
+    results, recons = {}, {}
+    for cut, spec in specs(smoke).items():
+        rec = _common.run_spec(spec, out_dir)
+        results[f"{cut}/test_accuracy"] = rec["metrics"]["test_accuracy"]
+        results[f"{cut}/train_seconds"] = rec["timings"]["train"]
+        for a_spec, r in rec["attacks"].items():
+            a = a_spec.split("(")[0]
+            results[f"{cut}/{a}/ssim"] = r["ssim_mean"]
+            results[f"{cut}/{a}/psnr"] = r["psnr_mean"]
+            results[f"{cut}/{a}/seconds"] = r["seconds"]
+        npz = np.load(Path(out_dir) / "runs" / rec["hash"] / "reconstructions.npz")
+        recons[cut] = {k: npz[k] for k in npz.files}
+    _figures(results, recons, out_dir)
+    return results
+
+
+def _figures(results, recons, out_dir):
+    plt = _common.pyplot()
+    paper = _common.expected(NAME)["paper"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    x = np.arange(len(ATTACKS))
+    for ax, metric in zip(axes, ("ssim", "psnr")):
+        for i, cut in enumerate(CUTS):
+            ours = [results[f"{cut}/{a}/{metric}"] for a in ATTACKS]
+            theirs = [paper[f"{cut}/{a}/{metric}"] for a in ATTACKS]
+            ax.bar(x + (i - 0.5) * 0.38, ours, 0.36, label=f"ours {cut}", color=f"C{i}")
+            ax.plot(x + (i - 0.5) * 0.38, theirs, "k_", ms=16, mew=2, label="paper" if i == 0 else None)
+        ax.set_xticks(x, ATTACKS)
+        ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
+    axes[0].legend(fontsize=7)
+    fig.suptitle("He et al. 2019, LeNet on mnist10k: deeper cut -> worse reconstruction (bars ours, dashes paper)",
+                 fontsize=9)
+    _common.save_figure(fig, out_dir, "attack_quality_by_cut")
+
+    fig, axes = plt.subplots(len(CUTS) * (1 + len(ATTACKS)), 1, figsize=(7, 6.5))
+    r = 0
+    for cut in CUTS:
+        for row, imgs in recons[cut].items():
+            ax = axes[r]
+            strip = np.concatenate([np.pad(np.clip(im[..., 0], 0, 1), 1, constant_values=1) for im in imgs[:10]], 1)
+            ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_ylabel(f"{cut}\n{row.split('(')[0]}", rotation=0, ha="right", va="center", fontsize=7)
+            r += 1
+    _common.save_figure(fig, out_dir, "reconstructions")
