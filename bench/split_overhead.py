@@ -139,12 +139,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps and repetitions")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--steps", type=int, default=None, help="LeNet steps per timed epoch")
+    ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (median reported)")
     args = ap.parse_args(argv)
-    reps = 3 if args.quick else 7
+    reps = args.reps or (3 if args.quick else 7)
     backend = jax.default_backend()
     results = {"machine": machine_info(), "jax_vs_jax": [], "torch": []}
     if backend == "cpu":
-        steps = 50 if args.quick else 200
+        steps = args.steps or (50 if args.quick else 200)
         cases = [("he2019-lenet", "relu2", 64, (28, 28, 1), None),
                  ("he2019-lenet", "relu2", 64, (28, 28, 1), reduce_window_pool),
                  ("he2019-lenet", "conv1", 64, (28, 28, 1), None),
