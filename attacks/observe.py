@@ -30,14 +30,24 @@ def _check_grants(grants: Iterable[str]) -> frozenset[str]:
     return grants
 
 
-def wire_query(trainer: SplitTrainer, client_params: Any, *, key: jax.Array):
-    """``query(x) -> smash`` of the deployed client: the client's output passed through the
-    wire's ``inference`` transform, as an attacker querying the client would receive it.
+WIRES = ("inference", "train")
+
+
+def _transform(trainer: SplitTrainer, wire: str):
+    if wire not in WIRES:
+        raise ValueError(f"wire must be one of {WIRES}, got {wire!r}")
+    return trainer.wire.inference if wire == "inference" else trainer.wire.forward
+
+
+def wire_query(trainer: SplitTrainer, client_params: Any, *, key: jax.Array, wire: str = "inference"):
+    """``query(x) -> smash`` of the client: its output passed through the wire's
+    ``inference`` transform (a deployed client), or with ``wire="train"`` through the
+    training-time ``forward`` transform, as the attacker would receive it.
 
     The transform's randomness uses ``key`` (fixed per query function): querying the same
     batch twice returns the same noisy smash, which keeps attacks deterministic in their key.
     """
-    infer = trainer.wire.inference
+    infer = _transform(trainer, wire)
     apply = trainer.model.client.apply
     state0 = infer.init(jnp.zeros((1, *trainer.model.smash_shape), trainer.model.smash_dtype))
 
@@ -64,7 +74,7 @@ def _aux_fields(grants, aux):
     return out
 
 
-def _model_fields(grants, trainer: SplitTrainer, params: dict, key):
+def _model_fields(grants, trainer: SplitTrainer, params: dict, key, wire: str):
     sm = trainer.model
     available = {
         "client_apply": lambda: sm.client.apply,
@@ -72,17 +82,18 @@ def _model_fields(grants, trainer: SplitTrainer, params: dict, key):
         "client_init": lambda: sm.params["client"],
         "server_apply": lambda: sm.server.apply,
         "server_params": lambda: params["server"],
-        "query": lambda: wire_query(trainer, params["client"], key=key),
+        "query": lambda: wire_query(trainer, params["client"], key=key, wire=wire),
     }
     return {f: make() for f, make in available.items() if f in grants}
 
 
 def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, grants: Iterable[str],
-            aux: tuple | None = None, key: jax.Array) -> Observation:
+            aux: tuple | None = None, key: jax.Array, wire: str = "inference") -> Observation:
     """What an adversary with ``grants`` observes of the trained model on ``x_targets``.
 
     ``smash`` is the client's output on the targets through ``trainer.wire.inference``
-    (what crosses the wire at inference). ``cut_grads`` (and ``labels``) need ``y_targets``:
+    (what crosses the wire at inference), or with ``wire="train"`` through the
+    training-time forward transforms (what a training step on the targets would send). ``cut_grads`` (and ``labels``) need ``y_targets``:
     they are what the wire would carry if the targets formed one training batch at these
     parameters (forward and backward transforms applied). ``params`` is
     ``{"client", "server"}`` (e.g. ``state.params``). ``client_init`` grants the model's
@@ -95,7 +106,7 @@ def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, g
     k_smash, k_query, k_step = jax.random.split(key, 3)
     fields: dict[str, Any] = {}
     if "smash" in grants:
-        fields["smash"] = wire_query(trainer, params["client"], key=k_smash)(x)
+        fields["smash"] = wire_query(trainer, params["client"], key=k_smash, wire=wire)(x)
     if {"cut_grads", "labels"} & grants:
         if y_targets is None:
             raise ValueError("granting cut_grads or labels needs y_targets (the targets' labels)")
@@ -105,7 +116,7 @@ def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, g
             fields["cut_grads"] = observed.cut_grad
         if "labels" in grants:
             fields["labels"] = y
-    fields.update(_model_fields(grants, trainer, params, k_query))
+    fields.update(_model_fields(grants, trainer, params, k_query, wire))
     fields.update(_aux_fields(grants, aux))
     return Observation(input_shape=tuple(trainer.model.input_shape), **fields)
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -58,11 +60,11 @@ print("dCor(input, smash):", round(rec["metrics"]["dcor_input_smash"], 3))
 # Below: what the server sees for one example, and rMLE's reconstruction of all targets.
 
 # %%
-from workbench.runner import prepare, train_stage, _observation
+from workbench.runner import prepare, train_stage, observation
 
 p = prepare(base)
 fitted = train_stage(p)
-obs, x_t, _ = _observation(p, fitted.state, jax.random.key(0))
+obs, x_t, _ = observation(p, fitted.state, jax.random.key(0))
 from attacks import build_attack
 
 recon = build_attack(f"rmle(steps={RMLE_STEPS})")(obs.only(build_attack("rmle").needs), key=jax.random.key(1)).output

@@ -18,7 +18,7 @@ import numpy as np
 from workbench import metrics
 from workbench.experiment import ExperimentSpec, package_versions, record_path
 
-__all__ = ["Prepared", "prepare", "train_stage", "evaluate_stage", "run_experiment", "write_record"]
+__all__ = ["Prepared", "prepare", "train_stage", "observation", "evaluate_stage", "run_experiment", "write_record"]
 
 
 @dataclasses.dataclass
@@ -70,36 +70,17 @@ def train_stage(p: Prepared, *, progress: bool = False):
                key=jax.random.fold_in(jax.random.key(p.spec.seed), 1), progress=progress)
 
 
-def _observation(p: Prepared, state, key):
-    """Everything any adversary could be granted; each attack gets ``.only(attack.needs)``."""
-    from attacks.base import Observation
-    from workbench.models import make_model
-    from workbench.split import split
+def observation(p: Prepared, state, key):
+    """Everything any adversary could be granted on the spec's targets (the first private
+    training examples), through the wire the spec observes; each attack then gets
+    ``.only(attack.needs)``. Returns ``(observation, x_targets, y_targets)``."""
+    from attacks.base import OBSERVATION_FIELDS
+    from attacks.observe import observe
 
-    trainer, sm = p.trainer, p.trainer.model
     n = p.spec.targets
     x_t, y_t = jnp.asarray(p.x_train[:n]), jnp.asarray(p.y_train[:n])
-    k_obs, k_query, k_init = jax.random.split(key, 3)
-    _, _, _, seen = trainer.compute_grads(state.params, state.wire_state, x_t, y_t, key=k_obs)
-    transform = trainer.wire.forward if p.spec.observe == "train" else trainer.wire.inference
-    t_state = transform.init(jnp.zeros((1, *sm.smash_shape), sm.smash_dtype))
-    client_params = state.params["client"]
-    smash = seen.smash
-    if p.spec.observe == "inference":
-        smash, _ = transform.apply(sm.client.apply(client_params, x_t), t_state, key=k_obs)
-
-    def query(x):
-        """The client as the wire carries its output (noise from a fixed key: deterministic)."""
-        z = sm.client.apply(client_params, x)
-        return transform.apply(z, t_state, key=k_query)[0]
-
-    # architecture knowledge: a fresh client of the same architecture, not the trained one
-    fresh = split(make_model(p.spec.model, key=k_init, input_shape=sm.input_shape, num_classes=p.num_classes,
-                             **p.spec.model_kwargs), sm.cut).params["client"]
-    obs = Observation(smash=smash, labels=seen.labels, cut_grads=seen.cut_grad, client_apply=sm.client.apply,
-                      client_params=client_params, client_init=fresh, query=query,
-                      aux_x=jnp.asarray(p.aux_x), aux_y=jnp.asarray(p.aux_y), server_apply=sm.server.apply,
-                      server_params=state.params["server"], input_shape=tuple(sm.input_shape))
+    obs = observe(p.trainer, state.params, x_t, y_t, grants=set(OBSERVATION_FIELDS) - {"input_shape"},
+                  aux=(p.aux_x, p.aux_y), key=key, wire=p.spec.observe)
     return obs, x_t, y_t
 
 
@@ -130,7 +111,7 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
     key = jax.random.fold_in(jax.random.key(spec.seed), 3)
     t0 = time.perf_counter()
     ev = trainer.evaluate(state.params, p.x_test, p.y_test)
-    obs, x_t, y_t = _observation(p, state, jax.random.fold_in(key, 0))
+    obs, x_t, y_t = observation(p, state, jax.random.fold_in(key, 0))
     n_dcor = min(256, p.x_train.shape[0])
     xd = jnp.asarray(p.x_train[:n_dcor])
     z_clean = trainer.model.client.apply(state.params["client"], xd)
