@@ -6,7 +6,8 @@ identity wire). Both run as ``lax.scan`` epochs so dispatch is amortised; repeti
 interleaved and the median is reported. On CPU the He 2019 LeNet also runs with
 ``reduce_window`` max-pooling to show why the zoo pools by reshape + max, and against a
 PyTorch split loop (client forward, detach at the cut, server backward, client backward).
-On a GPU, ResNet-18 runs in float32 and bfloat16.
+On a GPU, the LeNet runs at batch 64 and 1024 beside the same PyTorch split loop on CUDA, and
+ResNet-18 runs in float32 and bfloat16.
 
     python bench/split_overhead.py [--quick]
 
@@ -98,18 +99,19 @@ def compare(name, cut, *, batch, steps, reps, input_shape, dtype=jnp.float32, po
             "unsplit_images_per_s": steps * batch / u}
 
 
-def torch_lenet(*, batch, steps, reps, threads):
+def torch_lenet(*, batch, steps, reps, threads, device="cpu"):
     import torch
     from torch import nn
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    client = nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 5), nn.ReLU())
+    client = nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 5), nn.ReLU()).to(device)
     server = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84),
-                           nn.ReLU(), nn.Linear(84, 10))
+                           nn.ReLU(), nn.Linear(84, 10)).to(device)
     opt_c, opt_s = torch.optim.Adam(client.parameters(), 1e-3), torch.optim.Adam(server.parameters(), 1e-3)
-    xs = torch.rand(steps, batch, 1, 28, 28)
-    ys = torch.randint(0, 10, (steps, batch))
+    xs = torch.rand(steps, batch, 1, 28, 28, device=device)
+    ys = torch.randint(0, 10, (steps, batch), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     loss_fn = nn.CrossEntropyLoss()
 
     def epoch():
@@ -125,13 +127,16 @@ def torch_lenet(*, batch, steps, reps, threads):
             opt_s.step()
 
     epoch()
+    sync()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         epoch()
+        sync()
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    return {"framework": f"torch {torch.__version__}", "threads": threads, "batch": batch, "steps": steps,
+    return {"framework": f"torch {torch.__version__}", "device": device, "threads": threads, "batch": batch,
+            "steps": steps,
             "step_ms": 1e3 * t / steps, "images_per_s": steps * batch / t}
 
 
@@ -166,6 +171,19 @@ def main(argv=None):
         except ImportError:
             print("torch not installed: skipping the PyTorch comparison (pip install torch==2.13.0)")
     else:
+        steps = args.steps or (50 if args.quick else 200)
+        for batch in (64, 1024):
+            r = compare("he2019-lenet", "relu2", batch=batch, steps=steps, reps=reps, input_shape=(28, 28, 1))
+            results["jax_vs_jax"].append(r)
+            print(json.dumps(r))
+            try:
+                import torch  # noqa: F401
+                t = torch_lenet(batch=batch, steps=steps, reps=reps, threads=4, device="cuda")
+                t["jax_over_torch_images_per_s"] = r["split_images_per_s"] / t["images_per_s"]
+                results["torch"].append(t)
+                print(json.dumps(t))
+            except ImportError:
+                print("torch not installed: skipping the PyTorch comparison")
         steps = 20 if args.quick else 50
         for dtype in (jnp.float32, jnp.bfloat16):
             for cut in ("layer1.1", "layer2.1"):

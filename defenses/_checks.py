@@ -7,9 +7,19 @@ import math
 
 from workbench.registry import SpecError
 
-__all__ = ["SpecError", "nonnegative", "positive", "in_range", "choice", "AT_CHOICES", "where"]
+__all__ = ["SpecError", "nonnegative", "positive", "in_range", "choice", "AT_CHOICES", "where", "traced"]
 
 AT_CHOICES = ("train", "inference", "both")
+
+
+def traced(value) -> bool:
+    """True for a JAX tracer: a strength that a vmapped sweep passes in as an array.
+
+    Sweeps validate every concrete value before tracing (``spec.validate()``), so factories
+    skip the value checks and the ``== 0`` identity shortcut for traced strengths."""
+    import jax
+
+    return isinstance(value, jax.core.Tracer)
 
 
 def _number(defense: str, name: str, value) -> float:
@@ -22,6 +32,8 @@ def _number(defense: str, name: str, value) -> float:
 
 
 def nonnegative(defense: str, name: str, value) -> float:
+    if traced(value):
+        return value
     v = _number(defense, name, value)
     if v < 0 or math.isinf(v):
         raise SpecError(f"{defense}: {name} must be a finite number >= 0 (0 disables it), got {value!r}")
@@ -29,6 +41,8 @@ def nonnegative(defense: str, name: str, value) -> float:
 
 
 def positive(defense: str, name: str, value, *, allow_inf: bool = False) -> float:
+    if traced(value):
+        return value
     v = _number(defense, name, value)
     if v <= 0 or (math.isinf(v) and not allow_inf):
         raise SpecError(f"{defense}: {name} must be a {'' if allow_inf else 'finite '}number > 0, got {value!r}")
@@ -36,6 +50,8 @@ def positive(defense: str, name: str, value, *, allow_inf: bool = False) -> floa
 
 
 def in_range(defense: str, name: str, value, lo: float, hi: float, *, lo_open: bool, hi_open: bool) -> float:
+    if traced(value):
+        return value
     v = _number(defense, name, value)
     ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:

@@ -7,11 +7,12 @@ import jax.numpy as jnp
 
 from defenses import _checks
 from defenses.base import Defense, stateless
-from defenses.registry import register_defense
+from defenses.registry import register_defense, vmappable
 
 __all__ = ["cut_dropout"]
 
 
+@vmappable("rate")
 @register_defense("cut_dropout")
 def cut_dropout(rate: float = 0.5) -> Defense:
     """Inverted dropout on the smash during training only.
@@ -38,7 +39,7 @@ def cut_dropout(rate: float = 0.5) -> Defense:
     """
     p = _checks.in_range("cut_dropout", "rate", rate, 0.0, 1.0, lo_open=False, hi_open=True)
     name = f"cut_dropout(rate={p!r})"
-    if p == 0:
+    if not _checks.traced(p) and p == 0:
         return Defense(name=name, guarantee="none (rate = 0: identity)")
 
     def drop(z, *, key):

@@ -12,11 +12,12 @@ import jax.numpy as jnp
 from defenses import _checks
 from defenses.base import Defense, stateless
 from defenses.noise import add_gaussian
-from defenses.registry import register_defense
+from defenses.registry import register_defense, vmappable
 
 __all__ = ["grad_noise", "max_norm", "max_norm_noise"]
 
 
+@vmappable("sigma")
 @register_defense("grad_noise")
 def grad_noise(sigma: float = 0.01) -> Defense:
     """Isotropic Gaussian noise on the cut gradient: ``dz~ = dz + sigma e``, ``e ~ N(0, I)``.
@@ -37,7 +38,7 @@ def grad_noise(sigma: float = 0.01) -> Defense:
     """
     sigma = _checks.nonnegative("grad_noise", "sigma", sigma)
     name = f"grad_noise(sigma={sigma!r})"
-    if sigma == 0:
+    if not _checks.traced(sigma) and sigma == 0:
         return Defense(name=name, guarantee="none (sigma = 0: identity)")
     return Defense(name=name, backward=stateless(lambda g, *, key: add_gaussian(g, sigma, key=key)),
                    guarantee="empirical, no formal guarantee")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from defenses import _checks
 from defenses.base import Defense, stateless
-from defenses.registry import register_defense
+from defenses.registry import register_defense, vmappable
 
 __all__ = ["gaussian_noise", "laplace_noise", "add_gaussian", "add_laplace"]
 
@@ -34,6 +34,7 @@ def _placed(name: str, fn, at: str, guarantee: str) -> Defense:
     return Defense(name=name, forward=t if train else None, inference=t if infer else None, guarantee=guarantee)
 
 
+@vmappable("sigma")
 @register_defense("gaussian_noise")
 def gaussian_noise(sigma: float = 0.5, at: str = "train") -> Defense:
     """Isotropic Gaussian noise on the smash.
@@ -58,12 +59,13 @@ def gaussian_noise(sigma: float = 0.5, at: str = "train") -> Defense:
     """
     sigma = _checks.nonnegative("gaussian_noise", "sigma", sigma)
     name = f"gaussian_noise(sigma={sigma!r}, at={at!r})"
-    if sigma == 0:
+    if not _checks.traced(sigma) and sigma == 0:
         _checks.where("gaussian_noise", at)
         return Defense(name=name, guarantee="none (sigma = 0: identity)")
     return _placed(name, lambda z, *, key: add_gaussian(z, sigma, key=key), at, _EMPIRICAL)
 
 
+@vmappable("scale")
 @register_defense("laplace_noise")
 def laplace_noise(scale: float = 0.5, at: str = "train") -> Defense:
     """Laplace noise on the smash, as in Titcombe et al. 2021.
@@ -86,7 +88,7 @@ def laplace_noise(scale: float = 0.5, at: str = "train") -> Defense:
     """
     scale = _checks.nonnegative("laplace_noise", "scale", scale)
     name = f"laplace_noise(scale={scale!r}, at={at!r})"
-    if scale == 0:
+    if not _checks.traced(scale) and scale == 0:
         _checks.where("laplace_noise", at)
         return Defense(name=name, guarantee="none (scale = 0: identity)")
     return _placed(name, lambda z, *, key: add_laplace(z, scale, key=key), at, _EMPIRICAL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from defenses import _checks
 from defenses.base import Defense, LossTerm
-from defenses.registry import register_defense
+from defenses.registry import register_defense, vmappable
 from workbench.metrics import distance_correlation, distance_correlation_squared_distances
 
 __all__ = ["nopeek"]
@@ -12,6 +12,7 @@ __all__ = ["nopeek"]
 _VARIANTS = {"standard": distance_correlation, "squared": distance_correlation_squared_distances}
 
 
+@vmappable("alpha")
 @register_defense("nopeek")
 def nopeek(alpha: float = 0.5, variant: str = "standard") -> Defense:
     """NoPeek: the client adds ``alpha * dCor(x, z)`` over each batch to its objective.
@@ -42,7 +43,7 @@ def nopeek(alpha: float = 0.5, variant: str = "standard") -> Defense:
     alpha = _checks.nonnegative("nopeek", "alpha", alpha)
     fn = _VARIANTS[_checks.choice("nopeek", "variant", variant, tuple(_VARIANTS))]
     name = f"nopeek(alpha={alpha!r}, variant={variant!r})"
-    if alpha == 0:
+    if not _checks.traced(alpha) and alpha == 0:
         return Defense(name=name, guarantee="none (alpha = 0: identity)")
     return Defense(name=name, loss_terms=(LossTerm(fn, alpha, "nopeek"),),
                    guarantee="empirical, no formal guarantee")

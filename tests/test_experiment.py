@@ -107,6 +107,37 @@ def test_vmapped_seeds_match_one_by_one(tmp_path):
                                    atol=1e-3)
 
 
+def test_vmapped_strengths_match_one_by_one(tmp_path):
+    """Two Laplace scales x two seeds train as one program of four; each member equals its
+    one-by-one run, and the two strengths really differ (the strength is not shared)."""
+    specs = expand_grid(TINY, parse_grid(["defense=laplace_noise(scale=0.3)|laplace_noise(scale=3.0)",
+                                          "seed=0|1"]))
+    v = run_sweep(specs, tmp_path / "v")
+    s = run_sweep(specs, tmp_path / "s", vmap_seeds=False, vmap_strengths=False)
+    for a, b in zip(v, s):
+        assert a["timings"]["train_path"] == "vmapped over 4 specs" and b["timings"]["train_path"] == "one by one"
+        np.testing.assert_allclose(a["metrics"]["train_loss"], b["metrics"]["train_loss"], rtol=1e-4)
+        np.testing.assert_allclose(a["metrics"]["test_accuracy"], b["metrics"]["test_accuracy"], atol=1e-6)
+    by = {(r["spec"]["defenses"][0], r["spec"]["seed"]): r["metrics"]["train_loss"] for r in v}
+    assert by[("laplace_noise(scale=3.0)", 0)] > by[("laplace_noise(scale=0.3)", 0)] + 0.05
+
+
+def test_strength_groups():
+    from defenses.registry import strength_split
+    from workbench.sweep import _group_key
+
+    assert strength_split("laplace_noise(scale=0.5)") == ("laplace_noise(scale='<vmapped>')", {"scale": 0.5})
+    assert strength_split("laplace_noise") == ("laplace_noise(scale='<vmapped>')", {"scale": 0.5})
+    assert strength_split("laplace_noise(scale=0)")[1] == {}  # zero installs no transform: another program
+    assert strength_split("topk(fraction=0.1)") == ("topk(fraction=0.1)", {})  # not vmappable
+    key = lambda d, seed=0: _group_key(TINY.with_overrides([f"defense={d}", f"seed={seed}"]))  # noqa: E731
+    assert key("laplace_noise(scale=0.5)") == key("laplace_noise(scale=2.0)", seed=3)
+    assert key("laplace_noise(scale=0.5)") != key("laplace_noise(scale=0.5, at='both')")
+    assert key("laplace_noise(scale=0.5)") != key("gaussian_noise(sigma=0.5)")
+    assert key("laplace_noise(scale=0.5)") != key("laplace_noise(scale=0)")
+    assert key("topk(fraction=0.1)") != key("topk(fraction=0.2)")
+
+
 def test_sweep_killed_and_restarted_records_each_run_once(tmp_path):
     out = tmp_path / "sweep"
     script = textwrap.dedent(f"""

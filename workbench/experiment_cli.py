@@ -59,7 +59,7 @@ def cmd_sweep(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    run_sweep(specs, args.out, vmap_seeds=not args.no_vmap, progress=not args.quiet)
+    run_sweep(specs, args.out, vmap_seeds=not args.no_vmap, vmap_strengths=not args.no_vmap, progress=not args.quiet)
     print(f"{len(specs)} runs in {args.out} ({time.perf_counter() - t0:.1f}s)")
     if not args.no_report:
         print(f"report: {write_report(args.out)}")
@@ -94,7 +94,7 @@ def add_subcommand(sub) -> None:
     s.add_argument("--set", action="append", metavar="FIELD=VALUE")
     s.add_argument("--grid", action="append", metavar="FIELD=V1|V2", help="grid axis (repeatable)")
     s.add_argument("--out", default="results/sweep")
-    s.add_argument("--no-vmap", action="store_true", help="train seeds one by one instead of one vmapped program")
+    s.add_argument("--no-vmap", action="store_true", help="train every spec one by one instead of vmapping seeds and defense strengths")
     s.add_argument("--no-report", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sweep)
