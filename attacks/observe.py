@@ -122,7 +122,7 @@ def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, g
 
 
 def observe_tap(tap: Tap, step: int, trainer: SplitTrainer, params: dict | None, *, grants: Iterable[str],
-                aux: tuple | None = None, key: jax.Array) -> Observation:
+                aux: tuple | None = None, key: jax.Array, wire: str = "train") -> Observation:
     """The Observation at tapped training step ``step``: ``smash``, ``labels`` and
     ``cut_grads`` exactly as recorded on the wire at that step.
 
@@ -130,7 +130,9 @@ def observe_tap(tap: Tap, step: int, trainer: SplitTrainer, params: dict | None,
     ``server_params``, ``query``) come from ``params``, which the caller must supply for
     that step (e.g. run ``fit`` for the epochs up to it and ``trainer.step`` the rest);
     passing the final parameters for an early step attacks a different model. ``params``
-    may be None when no such field is granted.
+    may be None when no such field is granted. A granted ``query`` answers through the
+    training-time transforms (``wire="train"``, as the tapped smash did) unless
+    ``wire="inference"``.
     """
     grants = _check_grants(grants)
     steps = [int(s) for s in np.asarray(tap.steps)]
@@ -145,7 +147,7 @@ def observe_tap(tap: Tap, step: int, trainer: SplitTrainer, params: dict | None,
         if f in grants:
             fields[f] = arr[i]
     if needs_params:
-        fields.update(_model_fields(grants, trainer, params, key))
+        fields.update(_model_fields(grants, trainer, params, key, wire))
     fields.update(_aux_fields(grants, aux))
     return Observation(input_shape=tuple(trainer.model.input_shape), **fields)
 

@@ -129,3 +129,24 @@ def test_bad_observation_fails_early(tiny):
                                      key=jax.random.key(0))
     with pytest.raises(ValueError, match="input_shape"):
         build_attack("rmle(steps=2)")(dataclasses.replace(obs, input_shape=None), key=jax.random.key(0))
+
+
+def test_observe_tap_grants_white_box_fields():
+    """observe_tap with parameter grants: the tapped smash plus the given parameters, and a
+    query that answers as the (here undefended) training wire did."""
+    from attacks import observe_tap
+    from workbench.protocol import SplitTrainer
+    from workbench.training import fit
+
+    key = jax.random.key(0)
+    sm = split(make_model("mlp", key=key, input_shape=(4, 4, 1), num_classes=3, hidden=(8,)), "relu1")
+    trainer = SplitTrainer(sm, optax.adam(1e-3), optax.adam(1e-3))
+    x = jax.random.uniform(jax.random.fold_in(key, 1), (16, 4, 4, 1))
+    y = jnp.arange(16, dtype=jnp.int32) % 3
+    res = fit(trainer, x, y, epochs=1, batch_size=4, key=key, tap_steps=(0,))
+    p0 = sm.params  # the parameters at step 0, before any update
+    obs = observe_tap(res.taps[0], 0, trainer, p0, grants={"smash", "client_apply", "client_params", "query"},
+                      key=key)
+    assert obs.available() == {"smash", "client_apply", "client_params", "query", "input_shape"}
+    xs = x[np.asarray(res.taps[0].example_ids[0])]
+    np.testing.assert_allclose(np.asarray(obs.query(xs)), np.asarray(obs.smash), rtol=1e-6, atol=1e-6)

@@ -49,6 +49,10 @@ def prepare(spec: ExperimentSpec) -> Prepared:
         raise ValueError(f"aux_size {spec.aux_size} leaves no private training data ({ds.num_train} examples)")
     private, aux = split_aux(ds, aux_size=spec.aux_size, key=jax.random.fold_in(key, 2))
     x, y = private.x_train, private.y_train
+    # Loaders may keep examples ordered by class (mnist10k, lfw-subset): a prefix would hold
+    # one or two classes, so train_size and the targets take a prefix of a seeded shuffle.
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, 4), x.shape[0]))
+    x, y = x[perm], y[perm]
     if spec.train_size is not None:
         x, y = x[: spec.train_size], y[: spec.train_size]
     if spec.targets > x.shape[0]:
@@ -72,7 +76,7 @@ def train_stage(p: Prepared, *, progress: bool = False):
 
 def observation(p: Prepared, state, key):
     """Everything any adversary could be granted on the spec's targets (the first private
-    training examples), through the wire the spec observes; each attack then gets
+    training examples, in the seeded shuffle of ``prepare``), through the wire the spec observes; each attack then gets
     ``.only(attack.needs)``. Returns ``(observation, x_targets, y_targets)``."""
     from attacks.base import OBSERVATION_FIELDS
     from attacks.observe import observe
@@ -116,6 +120,7 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
     xd = jnp.asarray(p.x_train[:n_dcor])
     z_clean = trainer.model.client.apply(state.params["client"], xd)
     dcor = float(metrics.distance_correlation(xd, z_clean))
+    dcor_sq = float(metrics.distance_correlation_squared_distances(xd, z_clean))  # Titcombe et al.'s variant
     timings["evaluate"] = time.perf_counter() - t0
 
     steps = spec.epochs * (p.dataset_size // spec.batch_size)
@@ -150,7 +155,8 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
         "spec": spec.to_dict(), "hash": spec.hash(),
         "metrics": {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
                     "train_loss": final["train_loss"], "train_accuracy": final["train_accuracy"],
-                    "dcor_input_smash": dcor, "dcor_examples": n_dcor},
+                    "dcor_input_smash": dcor, "dcor_input_smash_squared": dcor_sq,
+                    "dcor_examples": n_dcor},
         "history": history,
         "bytes_per_epoch": {k: final[k] for k in ("forward_bytes", "backward_bytes", "label_bytes")},
         "split": trainer.model.summary(),
