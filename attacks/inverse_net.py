@@ -22,6 +22,7 @@ from attacks.base import AbstractAttack, AttackResult, Observation
 from attacks.common import (ModuleApply, check_images, check_positive, check_smash, input_shape_of,
                             minibatch, timed)
 from attacks.registry import register_attack
+from workbench.ops import conv_kwargs
 
 __all__ = ["InverseNet", "InverseNetConfig", "Decoder", "make_decoder", "train_decoder"]
 
@@ -52,20 +53,25 @@ class Decoder(nnx.Module):
         h, _, c = smash_shape
         ups = []
         while 2 * h <= h_out:
-            ups.append(nnx.ConvTranspose(c, width, (4, 4), strides=(2, 2), padding="SAME", rngs=rngs))
+            # a stride-2 transposed conv, written as an input-dilated conv (the same layer
+            # up to a flip of its learnt kernel) so its gradients take workbench.ops' path
+            ups.append(nnx.Conv(c, width, (4, 4), input_dilation=2, padding=((2, 2), (2, 2)), rngs=rngs,
+                                **conv_kwargs()))
             c, h = width, 2 * h
         self.ups = nnx.List(ups)
-        self.conv_in = nnx.Conv(c, width, (3, 3), padding="SAME", rngs=rngs)
-        self.conv_mid = nnx.Conv(width, width, (3, 3), padding="SAME", rngs=rngs)
+        self.conv_in = nnx.Conv(c, width, (3, 3), padding="SAME", rngs=rngs, **conv_kwargs())
+        self.conv_mid = nnx.Conv(width, width, (3, 3), padding="SAME", rngs=rngs, **conv_kwargs())
         # A small size gap (e.g. 24 -> 28 after a VALID 5x5 conv) is closed by one VALID
         # transposed conv, which undoes that conv's geometry and is much cheaper than a
         # resize followed by a full-resolution conv; larger gaps resize first.
         dh, dw = h_out - h, w_out - smash_shape[1] * (h // smash_shape[0])
         self.valid_gap = 0 <= dh <= 8 and 0 <= dw <= 8
         if self.valid_gap:
-            self.conv_out = nnx.ConvTranspose(width, c_out, (dh + 1, dw + 1), padding="VALID", rngs=rngs)
+            # a VALID transposed conv: a "full" conv padded by kernel size - 1
+            self.conv_out = nnx.Conv(width, c_out, (dh + 1, dw + 1), padding=((dh, dh), (dw, dw)), rngs=rngs,
+                                     **conv_kwargs())
         else:
-            self.conv_out = nnx.Conv(width, c_out, (3, 3), padding="SAME", rngs=rngs)
+            self.conv_out = nnx.Conv(width, c_out, (3, 3), padding="SAME", rngs=rngs, **conv_kwargs())
 
     def __call__(self, z):
         n = z.shape[0]
@@ -93,6 +99,7 @@ class InverseNetConfig(NamedTuple):
     steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-3
+    standardize: bool = True
 
 
 def _train_decoder(apply, params, zs, xs, key, cfg: InverseNetConfig):
@@ -110,7 +117,23 @@ def _train_decoder(apply, params, zs, xs, key, cfg: InverseNetConfig):
     return params, losses
 
 
+def smash_standardizer(zs: jax.Array) -> Callable:
+    """Per-channel (last axis) standardisation fitted on the attacker's own smash ``zs``.
+
+    Deep cuts carry activations of arbitrary scale (tens after a trained ReLU); fed raw, a
+    small decoder trained with Adam at 1e-3 saturates and learns the mean image. The
+    statistics come from the attacker's queries only, never from the observed smash.
+    """
+    axes = tuple(range(zs.ndim - 1))
+    mu = jnp.mean(zs, axis=axes)
+    sd = jnp.std(zs, axis=axes) + 1e-6 * (1.0 + jnp.mean(jnp.abs(zs)))
+    return lambda z: (z - mu) / sd
+
+
 def _inverse_net(apply, params, zs, xs, z_obs, key, cfg):
+    if cfg.standardize:
+        norm = smash_standardizer(zs)
+        zs, z_obs = norm(zs), norm(z_obs)
     params, losses = _train_decoder(apply, params, zs, xs, key, cfg)
     return jnp.clip(apply(params, z_obs), 0.0, 1.0), losses
 
@@ -131,6 +154,8 @@ class InverseNet(AbstractAttack):
     Needs ``smash``, ``query``, ``aux_x``. The attacker's training pairs are
     ``(query(aux_x), aux_x)``: a decoder trained on them sees exactly the distribution of
     smash the wire carries (with defenses), so it is scored against what really crosses.
+    ``standardize`` (default) feeds the decoder the smash standardised per channel with the
+    mean and std of the attacker's own queries (``smash_standardizer``).
     ``decoder`` optionally supplies ``decoder(smash_shape, input_shape, *, key) -> (apply,
     params)`` (``apply`` must be hashable); by default it is derived from the smash shape.
     Returns images in [0, 1] and stats ``loss_curve`` (training MSE per step), ``steps``,
@@ -142,11 +167,13 @@ class InverseNet(AbstractAttack):
     kind = "inversion"
 
     def __init__(self, *, steps: int = 1500, batch_size: int = 64, lr: float = 1e-3, width: int = 16,
-                 decoder: Callable | None = None):
+                 standardize: bool = True, decoder: Callable | None = None):
         n = self.name
+        if not isinstance(standardize, bool):
+            raise TypeError(f"{n}: standardize must be True or False, got {standardize!r}")
         self.config = InverseNetConfig(check_positive("steps", steps, n, integer=True),
                                        check_positive("batch_size", batch_size, n, integer=True),
-                                       check_positive("lr", lr, n))
+                                       check_positive("lr", lr, n), standardize)
         self.width = check_positive("width", width, n, integer=True)
         if decoder is not None and not callable(decoder):
             raise TypeError(f"{n}: decoder must be a callable (smash_shape, input_shape, *, key) -> (apply, params)")

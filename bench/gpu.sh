@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU figures in one device call: bench/gpu.sh PART... (split | attacks | sweep | paper:NAME).
+# GPU figures in one device call: bench/gpu.sh PART... (split | attacks | inverse | sweep | paper:NAME).
 # Installs carried wheels (.whl/, for packages the GPU image lacks) into /tmp/site, runs the
 # parts with a time limit each, and copies results (JSON, figures, a tarball of paper folders)
 # to $OUT when it is set, else to bench/results/.
@@ -19,6 +19,7 @@ for part in "$@"; do
   case $part in
     split) timeout "$LIMIT" python3 bench/split_overhead.py --reps 5 --out "$OUT/split_overhead-gpu.json" ;;
     attacks) timeout "$LIMIT" python3 bench/attacks.py --n 64 && cp bench/results/attacks-gpu.json "$OUT/" ;;
+    inverse) timeout "$LIMIT" python3 -m bench.inverse_net_scale --out "$OUT/inverse_net_scale-gpu.json" ;;
     sweep) timeout "$LIMIT" python3 bench/sweep.py --out "$OUT/sweep-gpu.json" ;;
     paper:*) name=${part#paper:}
       timeout "$LIMIT" python3 -m workbench.cli paper "$name" \

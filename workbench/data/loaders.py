@@ -96,13 +96,53 @@ def _root(root) -> Path | None:
     return Path(root).expanduser()
 
 
+_CACHE: dict[tuple, Dataset] = {}
+_CACHE_SIZE = 4
+
+
 def load(name: str, *, root=None) -> Dataset:
-    """Load a registered dataset by name (see ``list_datasets()``); ``root`` is searched first."""
+    """Load a registered dataset by name (see ``list_datasets()``); ``root`` is searched first.
+
+    Datasets are read-only, so the last few loaded are kept in memory: a sweep's runs (and
+    ``prepare`` of each) share one parse of the files. ``clear_cache()`` drops them.
+    """
     info, root = _info(name), _root(root)
+    ck = _cache_key(info, root)
+    if ck is not None and ck in _CACHE:
+        return _CACHE[ck]
     ds = info.load(root)
     if not isinstance(ds, Dataset):
         raise TypeError(f"loader of {name!r} returned {type(ds).__name__}, not a Dataset")
+    if ck is not None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[ck] = ds
     return ds
+
+
+def _cache_key(info, root) -> tuple | None:
+    """The dataset's name and the files it would be read from, with their sizes and
+    modification times (a changed file is read again); None when they cannot be located."""
+    if info.locate is None:
+        return (info.name,)
+    try:
+        found = info.locate(root)
+    except Exception:  # noqa: BLE001 - load() raises the proper error
+        return None
+    paths = list(found.values()) if isinstance(found, dict) else [found]
+    stamp = []
+    for p in paths:
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            st = f.stat()
+            stamp.append((str(f), st.st_size, st.st_mtime_ns))
+    return (info.name, tuple(stamp))
+
+
+def clear_cache() -> None:
+    """Forget the in-memory datasets of ``load`` (files changed on disk, or memory is short)."""
+    _CACHE.clear()
 
 
 def available(name: str, *, root=None) -> bool:

@@ -24,6 +24,7 @@ from workbench.models.base import (
     sigmoid,
     tanh,
 )
+from workbench.ops import conv_kwargs
 
 __all__ = ["ModelInfo", "make_model", "list_models", "register_model", "MODELS"]
 
@@ -81,10 +82,10 @@ def he2019_lenet(shape, num_classes, rngs):
     if h2 < 1 or w2 < 1:
         raise ValueError(f"he2019-lenet needs inputs of at least 16x16, got {shape}")
     return Sequential([
-        ("conv1", nnx.Conv(c, 8, (5, 5), padding="VALID", rngs=rngs)),
+        ("conv1", nnx.Conv(c, 8, (5, 5), padding="VALID", rngs=rngs, **conv_kwargs())),
         ("relu1", relu),
         ("pool1", max_pool_2x2),
-        ("conv2", nnx.Conv(8, 16, (5, 5), padding="VALID", rngs=rngs)),
+        ("conv2", nnx.Conv(8, 16, (5, 5), padding="VALID", rngs=rngs, **conv_kwargs())),
         ("relu2", relu),
         ("pool2", max_pool_2x2),
         ("flatten", flatten),
@@ -104,7 +105,7 @@ def he2019_cifar(shape, num_classes, rngs):
     blocks, cin = [], c
     for stage, cout in enumerate((64, 128, 128), start=1):
         for j in (1, 2):
-            blocks += [(f"conv{stage}{j}", nnx.Conv(cin, cout, (3, 3), padding="SAME", rngs=rngs)),
+            blocks += [(f"conv{stage}{j}", nnx.Conv(cin, cout, (3, 3), padding="SAME", rngs=rngs, **conv_kwargs())),
                        (f"relu{stage}{j}", relu)]
             cin = cout
         blocks.append((f"pool{stage}", max_pool_2x2))
@@ -122,9 +123,9 @@ def titcombe2021_mnist(shape, num_classes, rngs):
     if h2 < 1 or w2 < 1:
         raise ValueError(f"titcombe2021-mnist needs inputs of at least 6x6, got {shape}")
     return Sequential([
-        ("conv1", nnx.Conv(c, 32, (3, 3), padding="VALID", rngs=rngs)),
+        ("conv1", nnx.Conv(c, 32, (3, 3), padding="VALID", rngs=rngs, **conv_kwargs())),
         ("relu1", relu),
-        ("conv2", nnx.Conv(32, 64, (3, 3), padding="VALID", rngs=rngs)),
+        ("conv2", nnx.Conv(32, 64, (3, 3), padding="VALID", rngs=rngs, **conv_kwargs())),
         ("relu2", relu),
         ("pool", max_pool_2x2),
         ("flatten", flatten),
@@ -153,12 +154,13 @@ class BasicBlock(nnx.Module):
     """ResNet basic block with GroupNorm; an atomic block (no cut inside the residual)."""
 
     def __init__(self, cin: int, cout: int, stride: int, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding="SAME", use_bias=False, rngs=rngs)
+        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding="SAME", use_bias=False, rngs=rngs,
+                              **conv_kwargs())
         self.norm1 = nnx.GroupNorm(cout, num_groups=min(32, cout), rngs=rngs)
-        self.conv2 = nnx.Conv(cout, cout, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.conv2 = nnx.Conv(cout, cout, (3, 3), padding="SAME", use_bias=False, rngs=rngs, **conv_kwargs())
         self.norm2 = nnx.GroupNorm(cout, num_groups=min(32, cout), rngs=rngs)
         if stride != 1 or cin != cout:
-            self.proj = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
+            self.proj = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs, **conv_kwargs())
             self.proj_norm = nnx.GroupNorm(cout, num_groups=min(32, cout), rngs=rngs)
         else:
             self.proj = None
@@ -173,7 +175,7 @@ class BasicBlock(nnx.Module):
 
 class Stem(nnx.Module):
     def __init__(self, cin: int, cout: int, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", use_bias=False, rngs=rngs, **conv_kwargs())
         self.norm = nnx.GroupNorm(cout, num_groups=min(32, cout), rngs=rngs)
 
     def __call__(self, x):
