@@ -118,3 +118,19 @@ class Timer:
 
     def __exit__(self, *a):
         self.seconds = time.perf_counter() - self.t0
+
+
+def markdown_table(name: str, mode: str = "full") -> str:
+    """The 'paper vs ours' table of ``results/<mode>/results.json`` as Markdown (for the
+    README): one row per target and one per direction claim."""
+    s = json.loads((PAPERS_DIR / name / "results" / mode / "results.json").read_text())
+    rows = ["| target | paper | ours | tolerance | within |", "| --- | --- | --- | --- | --- |"]
+    for t in s["targets"]:
+        ours = "-" if t["ours"] is None else f"{t['ours']:.4g}"
+        within = {True: "yes", False: "**no**"}.get(t.get("within"), "-")
+        rows.append(f"| `{t['key']}` | {t['paper']:.4g} | {ours} | ±{t['tol']} | {within} |")
+    rows += ["", "| direction claim | lhs | rhs | holds |", "| --- | --- | --- | --- |"]
+    for c in s["claims"]:
+        rows.append(f"| {c['claim']} | {c['lhs']:.4g} | {c['op']} {c['rhs']:.4g} (margin {c['margin']:g}) | "
+                    f"{'yes' if c['ok'] else '**no**'} |")
+    return "\n".join(rows) + f"\n\n({mode} run: {s['seconds']:.0f} s)\n"
