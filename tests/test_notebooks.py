@@ -21,6 +21,9 @@ def _id(p):
 
 def test_there_are_notebooks():
     assert SCRIPTS, f"no notebooks in {NB_DIR}"
+    # the tests run the .py: an .ipynb without one would never be executed
+    orphans = sorted(p.name for p in NB_DIR.glob("*.ipynb") if not p.with_suffix(".py").is_file())
+    assert not orphans, f"notebooks without their percent-format .py pair: {orphans}"
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s.stem in SLOW else s
