@@ -90,12 +90,23 @@ def _family(defense: str) -> tuple[str, float]:
     return name, float(nums[0]) if nums else 0.0
 
 
+class _Figures:
+    """The two pyplot calls the report makes, on bare ``matplotlib.figure.Figure`` objects."""
+
+    @staticmethod
+    def subplots(*args, figsize=None, **kwargs):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig):
+        fig.clear()
+
+
 def _figures(summary: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _Figures()  # no pyplot: the process's backend (e.g. Jupyter's inline) stays as it is
     files = []
     inv = [a for a in summary["attacks"] if any("ssim_mean" in r["attacks"].get(a, {}) for r in summary["rows"])]
     settings = sorted({r["setting"] for r in summary["rows"]})
@@ -161,7 +172,7 @@ def _figures(summary: dict, out: Path) -> list[str]:
         fig.tight_layout()
         name = f"reconstructions_{si}"
         for ext in ("png", "pdf"):
-            fig.savefig(out / f"{name}.{ext}", dpi=120)
+            fig.savefig(out / f"{name}.{ext}", dpi=120, bbox_inches="tight")  # keep long row labels
         plt.close(fig)
         files.append(f"{name}.png")
     return files

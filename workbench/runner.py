@@ -169,10 +169,7 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
 
 
 def _grid_png(images: dict[str, np.ndarray], path: Path, columns: int = 8) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave
 
     rows = []
     for x in images.values():
@@ -182,7 +179,7 @@ def _grid_png(images: dict[str, np.ndarray], path: Path, columns: int = 8) -> No
         x = np.pad(x, pad, constant_values=1.0)
         rows.append(np.concatenate(list(x), axis=1))
     grid = np.concatenate(rows, axis=0)
-    plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
+    imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
 
 
 def write_record(out_dir: str | os.PathLike, record: dict, images: dict[str, np.ndarray]) -> Path:

@@ -177,12 +177,11 @@ def _write(out: Path, records: list[dict], cfg: CompareConfig, info: dict) -> di
 
 
 def _plot(out: Path, records: list[dict], cross: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays as it is
 
     models = list(cross)
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(models), 4))
+    axes = fig.subplots(1, len(models), squeeze=False)
     for ax, m in zip(axes[0], models):
         rs = [r for r in records if r["model"] == m and r["partition"] == "iid"]
         for topo, style in (("SL", "o"), ("SplitFed", "s"), ("FedAvg", "^")):
@@ -201,7 +200,6 @@ def _plot(out: Path, records: list[dict], cross: dict) -> None:
     fig.tight_layout()
     for ext in ("png", "pdf"):
         fig.savefig(out / f"bytes_per_client.{ext}")
-    plt.close(fig)
 
 
 def compare(out, *, config: CompareConfig = DEFAULT, log=print) -> dict:
