@@ -204,7 +204,15 @@ class UnSplitLabels(AbstractAttack):
         grads = check_smash(obs.cut_grads, self.name)
         if grads.shape != smash.shape:
             raise ValueError(f"{self.name}: cut_grads {grads.shape} must have the smash's shape {smash.shape}")
-        out = jax.eval_shape(obs.client_apply, obs.client_init, smash)
+        try:
+            out = jax.eval_shape(obs.client_apply, obs.client_init, smash)
+        except (TypeError, ValueError) as e:
+            # The usual cause: the server's view of a run (client_apply = the client, which
+            # takes images) handed to an attack whose "client" is the label party's layer.
+            raise ValueError(
+                f"{self.name}: client_apply must be the label party's layer, mapping the smash "
+                f"{tuple(smash.shape[1:])} to logits (e.g. client_apply=server.apply, "
+                f"client_init=the server's initial parameters); applying it to the smash failed: {e}") from None
         if out.shape != (smash.shape[0], self.config.num_classes):
             raise ValueError(f"{self.name}: the label party's layer outputs {out.shape[1:]}, expected "
                              f"({self.config.num_classes},) logits: set num_classes")

@@ -131,6 +131,13 @@ def test_bad_observation_fails_early(tiny):
         build_attack("rmle(steps=2)")(dataclasses.replace(obs, input_shape=None), key=jax.random.key(0))
 
 
+def test_unsplit_labels_refuses_a_client_that_does_not_take_the_smash(tiny):
+    """The server's view (client_apply = the image client) is not the label party's layer."""
+    obs = tiny["full"].only({"smash", "cut_grads", "client_apply", "client_init"})
+    with pytest.raises(ValueError, match="label party's layer"):
+        build_attack("unsplit_labels(steps=2, num_classes=3)")(obs, key=jax.random.key(0))
+
+
 def test_observe_tap_grants_white_box_fields():
     """observe_tap with parameter grants: the tapped smash plus the given parameters, and a
     query that answers as the (here undefended) training wire did."""
