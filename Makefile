@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all data bench clean
+.PHONY: demo test test-all papers-smoke data bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP) data
 
 test-all: $(STAMP) data
 	$(PY) -m pytest -q -n 2 -m ""
+
+# every paper of papers/ in smoke mode, checking the direction of each claim (CI runs it)
+papers-smoke: $(STAMP) data
+	$(PY) -m pytest -q -n 2 -m slow tests/test_papers.py -k smoke_claims
 
 bench: $(STAMP)
 	$(PY) bench/split_overhead.py

@@ -75,7 +75,12 @@ def test_he2019_rmle_directions_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in paper_cli.list_papers() if n != "dp_yardstick"])
 def test_paper_smoke_claims(name, tmp_path):
-    s = paper_cli.run_paper(name, smoke=True, out=tmp_path)
+    from workbench.data import DatasetNotFoundError
+
+    try:
+        s = paper_cli.run_paper(name, smoke=True, out=tmp_path)
+    except DatasetNotFoundError as e:  # the papers' datasets are optional on other machines
+        pytest.skip(f"{name}: {e}")
     assert s["claims"] and all(c["ok"] for c in s["claims"]), paper_cli.format_summary(s)
     assert list(tmp_path.glob("*.png")) and list(tmp_path.glob("*.pdf"))
 

@@ -23,7 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
+from jax import custom_batching, lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -46,9 +46,32 @@ def _pads_rhs(in_sp, k_sp, strides, out_sp, padding, lhs_dil, rhs_dil):
     return tuple(zip(lo, hi))
 
 
+@functools.lru_cache(maxsize=None)
+def _canonical_conv(strides, padding, lhs_dil, rhs_dil):
+    """A canonical NHWC/HWIO conv with a batching rule that keeps it canonical: a batched
+    input folds into the conv's batch; batched kernels (one model per vmapped sweep
+    member) run as one canonical conv per member instead of the grouped convolution that
+    ``lax``'s batching rule emits (7x slower inside a loop on XLA:CPU)."""
+
+    @custom_batching.custom_vmap
+    def conv(lhs, rhs):
+        return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dimension_numbers=_DN)
+
+    @conv.def_vmap
+    def _rule(axis_size, in_batched, lhs, rhs):
+        lhs_b, rhs_b = in_batched
+        if not rhs_b:
+            n = lhs.shape[1]
+            out = conv(lhs.reshape(axis_size * n, *lhs.shape[2:]), rhs)
+            return out.reshape(axis_size, n, *out.shape[1:]), True
+        return jnp.stack([conv(lhs[i] if lhs_b else lhs, rhs[i]) for i in range(axis_size)]), True
+
+    return conv
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv(x, w, strides, padding, lhs_dil, rhs_dil):
-    return lax.conv_general_dilated(x, w, strides, padding, lhs_dil, rhs_dil, dimension_numbers=_DN)
+    return _canonical_conv(strides, padding, lhs_dil, rhs_dil)(x, w)
 
 
 def _conv_fwd(x, w, strides, padding, lhs_dil, rhs_dil):
@@ -60,15 +83,13 @@ def _conv_bwd(strides, padding, lhs_dil, rhs_dil, res, g):
     in_sp, k_sp, out_sp = x.shape[1:3], w.shape[:2], g.shape[1:3]
     # input gradient: g convolved with the flipped kernel, in/out channels swapped explicitly
     w_t = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)
-    dx = lax.conv_general_dilated(g, w_t, window_strides=lhs_dil,
-                                  padding=_pads_lhs(in_sp, k_sp, strides, out_sp, padding, lhs_dil, rhs_dil),
-                                  lhs_dilation=strides, rhs_dilation=rhs_dil, dimension_numbers=_DN)
+    dx = _canonical_conv(lhs_dil, _pads_lhs(in_sp, k_sp, strides, out_sp, padding, lhs_dil, rhs_dil),
+                         strides, rhs_dil)(g, w_t)
     # kernel gradient: channels of x as the batch, examples as the contracted features
     x_t = jnp.transpose(x, (3, 1, 2, 0))          # (C_in, H, W, N)
     g_t = jnp.transpose(g, (1, 2, 0, 3))          # (Ho, Wo, N, C_out)
-    dw = lax.conv_general_dilated(x_t, g_t, window_strides=rhs_dil,
-                                  padding=_pads_rhs(in_sp, k_sp, strides, out_sp, padding, lhs_dil, rhs_dil),
-                                  lhs_dilation=lhs_dil, rhs_dilation=strides, dimension_numbers=_DN)
+    dw = _canonical_conv(rhs_dil, _pads_rhs(in_sp, k_sp, strides, out_sp, padding, lhs_dil, rhs_dil),
+                         lhs_dil, strides)(x_t, g_t)
     return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
 
 

@@ -52,9 +52,9 @@ def prepare(spec: ExperimentSpec) -> Prepared:
     # Loaders may keep examples ordered by class (mnist10k, lfw-subset): a prefix would hold
     # one or two classes, so train_size and the targets take a prefix of a seeded shuffle.
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, 4), x.shape[0]))
-    x, y = x[perm], y[perm]
     if spec.train_size is not None:
-        x, y = x[: spec.train_size], y[: spec.train_size]
+        perm = perm[: spec.train_size]  # gather only the prefix: a sweep holds one copy per run
+    x, y = x[perm], y[perm]
     if spec.targets > x.shape[0]:
         raise ValueError(f"targets {spec.targets} exceeds the {x.shape[0]} private training examples")
     config = TrainConfig(data=spec.data, model=spec.model,
