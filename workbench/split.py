@@ -24,6 +24,24 @@ __all__ = ["Half", "SplitModel", "split", "join_params", "partition_params", "co
 Params = Any
 
 
+class GraphApply:
+    """``apply(params, x)`` of an NNX graph definition, equal and hashed by that definition:
+    jitted programs that take it as a static argument (attacks take ``client_apply``)
+    compile once per architecture, not once per trained model of a sweep."""
+
+    def __init__(self, graphdef):
+        self.graphdef = graphdef
+
+    def __call__(self, params: Params, x: jax.Array) -> jax.Array:
+        return nnx.merge(self.graphdef, params)(x)
+
+    def __hash__(self):
+        return hash(self.graphdef)
+
+    def __eq__(self, other):
+        return isinstance(other, GraphApply) and self.graphdef == other.graphdef
+
+
 @dataclass(frozen=True, eq=False)
 class Half:
     """One side of the cut: ``apply(params, x)`` is a pure function of its arguments."""
@@ -31,8 +49,9 @@ class Half:
     graphdef: Any
     names: tuple[str, ...]
 
-    def apply(self, params: Params, x: jax.Array) -> jax.Array:
-        return nnx.merge(self.graphdef, params)(x)
+    @property
+    def apply(self) -> GraphApply:
+        return GraphApply(self.graphdef)
 
 
 def count_params(params: Params) -> int:
