@@ -1,5 +1,7 @@
 """He, Zhang, Lee 2019: rMLE, inverse network and query-free attacks on the LeNet at
-conv1 and relu2 (mnist10k standing in for MNIST). CIFAR specs are config-only here."""
+conv1 and relu2, the paper's cuts, and (full run) at every other cut point of the LeNet
+with the relu2 spec's settings (mnist10k standing in for MNIST). CIFAR specs are
+config-only here."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import _common
 
 NAME = "he2019"
 CUTS = ("conv1", "relu2")
+# every cut point of he2019-lenet, in depth order (full run)
+ALL_CUTS = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "flatten", "fc1", "relu3", "fc2", "relu4")
 ATTACKS = ("rmle", "inverse_net", "query_free")
 # minutes-long version: less data, one epoch, fewer attack steps
 SMOKE = ["epochs=2", "train_size=3000", "aux_size=500"]
@@ -19,13 +23,17 @@ SMOKE_ATTACKS = ["rmle(steps=200, lr=0.01, tv=0.01)", "inverse_net(steps=150, wi
 
 
 def specs(smoke: bool) -> dict:
+    import dataclasses
+
     out = {}
-    for cut in CUTS:
-        spec = _common.load(NAME, f"lenet_{cut}.toml", SMOKE if smoke else [])
+    for cut in (CUTS if smoke else ALL_CUTS):
+        if cut in CUTS:
+            spec = _common.load(NAME, f"lenet_{cut}.toml", SMOKE if smoke else [])
+        else:
+            spec = _common.load(NAME, "lenet_relu2.toml", [f"cut={cut}"])
         if smoke:
-            import dataclasses
             spec = dataclasses.replace(spec, attacks=tuple(SMOKE_ATTACKS))
-        out[cut] = spec
+        out[cut] = spec.validate()
     return out
 
 
@@ -43,7 +51,26 @@ def run(out_dir: Path, smoke: bool) -> dict:
         npz = np.load(Path(out_dir) / "runs" / rec["hash"] / "reconstructions.npz")
         recons[cut] = {k: npz[k] for k in npz.files}
     _figures(results, recons, out_dir)
+    if len(recons) > len(CUTS):
+        _depth_figure(results, [c for c in ALL_CUTS if c in recons], out_dir)
     return results
+
+
+def _depth_figure(results, cuts, out_dir):
+    plt = _common.pyplot()
+    paper = _common.expected(NAME)["paper"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    x = np.arange(len(cuts))
+    for ax, metric in zip(axes, ("ssim", "psnr")):
+        for i, a in enumerate(ATTACKS):
+            ax.plot(x, [results[f"{c}/{a}/{metric}"] for c in cuts], "o-", color=f"C{i}", label=a, ms=4)
+            pts = [(j, paper[f"{c}/{a}/{metric}"]) for j, c in enumerate(cuts) if f"{c}/{a}/{metric}" in paper]
+            ax.plot(*zip(*pts), "*", color=f"C{i}", ms=11, mec="k", label=f"paper {a}")
+        ax.set_xticks(x, cuts, rotation=45, fontsize=7)
+        ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
+    axes[0].legend(fontsize=6)
+    fig.suptitle("He et al. 2019 LeNet on mnist10k: attack quality at every cut point (stars: the paper)", fontsize=9)
+    _common.save_figure(fig, out_dir, "attack_quality_every_cut")
 
 
 def _figures(results, recons, out_dir):
@@ -66,7 +93,7 @@ def _figures(results, recons, out_dir):
 
     fig, axes = plt.subplots(len(CUTS) * (1 + len(ATTACKS)), 1, figsize=(7, 6.5))
     r = 0
-    for cut in CUTS:
+    for cut in CUTS:  # the paper's two cuts
         for row, imgs in recons[cut].items():
             ax = axes[r]
             strip = np.concatenate([np.pad(np.clip(im[..., 0], 0, 1), 1, constant_values=1) for im in imgs[:10]], 1)
