@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.split import GraphApply
+
 __all__ = [
     "total_variation", "data_term", "to_box", "from_box", "initial_images", "reinit_like",
     "check_choice", "check_positive", "check_nonneg", "check_smash", "check_images", "timed",
@@ -132,22 +134,9 @@ def timed(fn: Callable, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-class ModuleApply:
-    """``apply(params, x)`` for an NNX graph definition, hashable by that definition, so it
-    can be a static argument of a jitted program and hit the compilation cache across calls."""
-
-    def __init__(self, graphdef):
-        self.graphdef = graphdef
-
-    def __call__(self, params, x):
-        from flax import nnx
-        return nnx.merge(self.graphdef, params)(x)
-
-    def __hash__(self):
-        return hash(self.graphdef)
-
-    def __eq__(self, other):
-        return isinstance(other, ModuleApply) and self.graphdef == other.graphdef
+# ``apply(params, x)`` for an NNX graph definition, hashable by that definition, so it can be
+# a static argument of a jitted program and hit the compilation cache across calls.
+ModuleApply = GraphApply
 
 
 def minibatch(key: jax.Array, step, n: int, batch_size: int) -> jax.Array:
