@@ -109,3 +109,9 @@ def test_vmapped_values_and_gradients_match_lax(kernels_batched):
     np.testing.assert_allclose(v, v_ref, rtol=1e-5)
     np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gw, gw_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_string_padding_with_input_dilation_fails_like_lax():
+    x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2))
+    with pytest.raises(ValueError, match="String padding is not implemented"):
+        conv_general_dilated(x, w, (1, 1), "SAME", lhs_dilation=(2, 2), dimension_numbers=DN)

@@ -123,8 +123,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     lhs_dil = (1, 1) if lhs_dilation is None else tuple(int(d) for d in lhs_dilation)
     rhs_dil = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
     if isinstance(padding, str):
-        in_sp = _dilate(lhs.shape[1:3], lhs_dil)
-        padding = lax.padtype_to_pads(in_sp, _dilate(rhs.shape[:2], rhs_dil), strides, padding)
+        if lhs_dil != (1, 1):  # lax refuses this (transposed conv with string padding): same error
+            return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers)
+        padding = lax.padtype_to_pads(lhs.shape[1:3], _dilate(rhs.shape[:2], rhs_dil), strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     return _conv(lhs, rhs, strides, padding, lhs_dil, rhs_dil)
 
