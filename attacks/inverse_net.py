@@ -99,7 +99,6 @@ class InverseNetConfig(NamedTuple):
     steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-3
-    standardize: bool = True
 
 
 def _train_decoder(apply, params, zs, xs, key, cfg: InverseNetConfig):
@@ -130,15 +129,15 @@ def smash_standardizer(zs: jax.Array) -> Callable:
     return lambda z: (z - mu) / sd
 
 
-def _inverse_net(apply, params, zs, xs, z_obs, key, cfg):
-    if cfg.standardize:
+def _inverse_net(apply, params, zs, xs, z_obs, key, cfg, standardize):
+    if standardize:
         norm = smash_standardizer(zs)
         zs, z_obs = norm(zs), norm(z_obs)
     params, losses = _train_decoder(apply, params, zs, xs, key, cfg)
     return jnp.clip(apply(params, z_obs), 0.0, 1.0), losses
 
 
-_inverse_net_jit = jax.jit(_inverse_net, static_argnames=("apply", "cfg"))
+_inverse_net_jit = jax.jit(_inverse_net, static_argnames=("apply", "cfg", "standardize"))
 
 
 def train_decoder(apply: Callable, params: Any, smash: jax.Array, images: jax.Array, *, key: jax.Array,
@@ -173,7 +172,8 @@ class InverseNet(AbstractAttack):
             raise TypeError(f"{n}: standardize must be True or False, got {standardize!r}")
         self.config = InverseNetConfig(check_positive("steps", steps, n, integer=True),
                                        check_positive("batch_size", batch_size, n, integer=True),
-                                       check_positive("lr", lr, n), standardize)
+                                       check_positive("lr", lr, n))
+        self.standardize = standardize
         self.width = check_positive("width", width, n, integer=True)
         if decoder is not None and not callable(decoder):
             raise TypeError(f"{n}: decoder must be a callable (smash_shape, input_shape, *, key) -> (apply, params)")
@@ -195,7 +195,8 @@ class InverseNet(AbstractAttack):
             apply, params = make_decoder(smash_shape, shape, key=k_init, width=self.width)
         else:
             apply, params = self.decoder(smash_shape, shape, key=k_init)
-        (x, losses), seconds = timed(_inverse_net_jit, apply, params, aux_z, aux_x, smash, k_train, self.config)
+        (x, losses), seconds = timed(_inverse_net_jit, apply, params, aux_z, aux_x, smash, k_train, self.config,
+                                     self.standardize)
         return AttackResult(x, {"loss_curve": losses, "steps": self.config.steps, "seconds": seconds,
                                 "images_per_second": smash.shape[0] / seconds,
                                 "aux_size": int(np.shape(aux_x)[0])})

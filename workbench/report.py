@@ -90,29 +90,15 @@ def _family(defense: str) -> tuple[str, float]:
     return name, float(nums[0]) if nums else 0.0
 
 
-class _Figures:
-    """The two pyplot calls the report makes, on bare ``matplotlib.figure.Figure`` objects."""
-
-    @staticmethod
-    def subplots(*args, figsize=None, **kwargs):
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=figsize)
-        return fig, fig.subplots(*args, **kwargs)
-
-    @staticmethod
-    def close(fig):
-        fig.clear()
-
-
 def _figures(summary: dict, out: Path) -> list[str]:
-    plt = _Figures()  # no pyplot: the process's backend (e.g. Jupyter's inline) stays as it is
+    from matplotlib.figure import Figure  # no pyplot: the process's backend (e.g. Jupyter's) stays
+
     files = []
     inv = [a for a in summary["attacks"] if any("ssim_mean" in r["attacks"].get(a, {}) for r in summary["rows"])]
     settings = sorted({r["setting"] for r in summary["rows"]})
     if inv:
-        fig, axes = plt.subplots(len(settings), len(inv), figsize=(4.2 * len(inv), 3.6 * len(settings)),
-                                 squeeze=False)
+        fig = Figure(figsize=(4.2 * len(inv), 3.6 * len(settings)))
+        axes = fig.subplots(len(settings), len(inv), squeeze=False)
         for si, setting in enumerate(settings):
             rows = [r for r in summary["rows"] if r["setting"] == setting]
             for ai, a in enumerate(inv):
@@ -139,7 +125,6 @@ def _figures(summary: dict, out: Path) -> list[str]:
         fig.tight_layout()
         for ext in ("png", "pdf"):
             fig.savefig(out / f"privacy_utility.{ext}", dpi=150)
-        plt.close(fig)
         files.append("privacy_utility.png")
 
     # reconstruction grid: per setting, one row of originals then one row per (defense, attack)
@@ -160,7 +145,8 @@ def _figures(summary: dict, out: Path) -> list[str]:
         if not panels:
             continue
         cols = panels[0][1].shape[0]
-        fig, axes = plt.subplots(len(panels), cols, figsize=(1.1 * cols + 2.5, 1.15 * len(panels)), squeeze=False)
+        fig = Figure(figsize=(1.1 * cols + 2.5, 1.15 * len(panels)))
+        axes = fig.subplots(len(panels), cols, squeeze=False)
         for i, (label, imgs) in enumerate(panels):
             for j in range(cols):
                 ax = axes[i][j]
@@ -173,7 +159,6 @@ def _figures(summary: dict, out: Path) -> list[str]:
         name = f"reconstructions_{si}"
         for ext in ("png", "pdf"):
             fig.savefig(out / f"{name}.{ext}", dpi=120, bbox_inches="tight")  # keep long row labels
-        plt.close(fig)
         files.append(f"{name}.png")
     return files
 
