@@ -26,7 +26,7 @@ from defenses.dp_sgd import dp_sgd, dp_sgd_privatizer
 from defenses.nopeek import nopeek
 from defenses.dropout import cut_dropout
 from defenses.compression import quantize, topk
-from defenses.label_leakage import grad_noise, max_norm
+from defenses.label_leakage import grad_noise, marvell, max_norm
 
 __all__ = [
     "CutTransform", "Defense", "EmptyState", "GradPrivatizer", "LossTerm", "chain", "combine", "dense_nbytes",
@@ -34,5 +34,5 @@ __all__ = [
     "Schedule", "calibrate_noise", "epsilon", "privacy_report",
     "clip_per_example", "clip_tree_per_example", "per_example_norms",
     "gaussian_noise", "laplace_noise", "dp_smash", "dp_sgd", "dp_sgd_privatizer", "nopeek", "cut_dropout",
-    "quantize", "topk", "grad_noise", "max_norm",
+    "quantize", "topk", "grad_noise", "max_norm", "marvell",
 ]

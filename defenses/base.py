@@ -5,7 +5,9 @@ makes the transform's state from one example message; ``apply(z, state, *, key)`
 returns the transformed message and the new state. Transforms compose with ``chain``.
 ``nbytes(shape, dtype)``, when given, says how many bytes the transformed message takes
 on the wire (a compressing transform makes the message smaller); the last transform of
-a chain that declares an encoding decides the wire format.
+a chain that declares an encoding decides the wire format. A transform with
+``needs_labels`` is applied as ``apply(z, state, *, key, labels)`` with the batch's labels:
+only the server (the label party) can run one, so it belongs on the cut gradient (Marvell).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class CutTransform(NamedTuple):
     init: Callable[[jax.Array], State]
     apply: Callable[..., tuple[jax.Array, State]]
     nbytes: Callable[[tuple[int, ...], Any], int] | None = None
+    needs_labels: bool = False
 
 
 class LossTerm(NamedTuple):
@@ -100,15 +103,18 @@ def chain(*transforms: CutTransform) -> CutTransform:
             states.append(t.init(z))
         return tuple(states)
 
-    def apply(z, state, *, key):
+    needs_labels = any(t.needs_labels for t in ts)
+
+    def apply(z, state, *, key, labels=None):
         new = []
         for i, (t, s) in enumerate(zip(ts, state)):
-            z, s = t.apply(z, s, key=jax.random.fold_in(key, i))
+            extra = {"labels": labels} if t.needs_labels else {}
+            z, s = t.apply(z, s, key=jax.random.fold_in(key, i), **extra)
             new.append(s)
         return z, tuple(new)
 
     encoders = [t.nbytes for t in ts if t.nbytes is not None]
-    return CutTransform(init, apply, encoders[-1] if encoders else None)
+    return CutTransform(init, apply, encoders[-1] if encoders else None, needs_labels)
 
 
 def message_nbytes(t: CutTransform, shape: tuple[int, ...], dtype: Any) -> int:
@@ -137,6 +143,8 @@ class Defense:
       guarantee: the formal guarantee in words, or "empirical, no formal guarantee".
       accountant: ``accountant(steps=..., batch_size=..., dataset_size=..., delta=...) -> dict``
         giving (epsilon, delta) for a training schedule, when the defense has a formal one.
+      binary_labels: the defense is defined for binary tasks only (labels 0/1); the trainer
+        refuses it for a model with another number of classes.
     """
 
     name: str
@@ -147,6 +155,7 @@ class Defense:
     privatizer: GradPrivatizer | None = None
     guarantee: str = "empirical, no formal guarantee"
     accountant: Callable[..., dict] | None = None
+    binary_labels: bool = False
 
 
 def combine(defenses: Sequence[Defense]) -> dict[str, Any]:

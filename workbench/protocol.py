@@ -114,7 +114,7 @@ class SplitTrainer:
         (loss, logits), (g_server, dz) = jax.value_and_grad(server_loss, argnums=(0, 1), has_aux=True)(
             params["server"], z_sent)
         # 5. cut gradient across the wire
-        dz_sent, wire_state = self.wire.send_backward(dz, wire_state, key=k_bwd)
+        dz_sent, wire_state = self.wire.send_backward(dz, wire_state, key=k_bwd, labels=y)
 
         # 6. client backward through the saved vjp, plus the client's own loss terms
         cotangent, reg = dz_sent, jnp.zeros((), jnp.float32)

@@ -90,7 +90,12 @@ def build_trainer(config: TrainConfig) -> SplitTrainer:
                        num_classes=config.num_classes, **config.model_kwargs)
     from workbench.models import MODELS
     sm = split(model, config.cut if config.cut is not None else MODELS[config.model].default_cut)
-    parts = combine([build_defense(s) for s in config.defenses])
+    built = [build_defense(s) for s in config.defenses]
+    for d in built:
+        if d.binary_labels and config.num_classes != 2:
+            raise ValueError(f"defense {d.name!r} is defined for binary tasks (labels 0/1), but the model has "
+                             f"{config.num_classes} classes: use a binary task (e.g. li2022's shirt-vs-rest)")
+    parts = combine(built)
     opt = OPTIMIZERS[config.optimizer]
     return SplitTrainer(
         sm, opt(config.client_lr), opt(config.server_lr),

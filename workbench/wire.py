@@ -67,6 +67,12 @@ class Wire:
     backward: CutTransform = field(default_factory=identity)
     inference: CutTransform = field(default_factory=identity)
 
+    def __post_init__(self):
+        for where in ("forward", "inference"):
+            if getattr(self, where).needs_labels:
+                raise ValueError(f"a label-dependent transform cannot act on the smash ({where}): the client "
+                                 "that sends it does not hold the labels; put it on the cut gradient")
+
     def init(self, z_example: jax.Array, dz_example: jax.Array) -> WireState:
         return WireState(self.forward.init(z_example), self.backward.init(dz_example))
 
@@ -76,10 +82,18 @@ class Wire:
         z, s = self.forward.apply(z, state.forward, key=key)
         return z, state._replace(forward=s)
 
-    def send_backward(self, dz, state: WireState, *, key) -> tuple[jax.Array, WireState]:
+    def send_backward(self, dz, state: WireState, *, key, labels=None) -> tuple[jax.Array, WireState]:
+        """The cut gradient as the client receives it. ``labels`` (the batch's, held by the
+        server) reach the transforms that declare ``needs_labels``."""
         if is_identity(self.backward):
             return dz, state
-        dz, s = self.backward.apply(dz, state.backward, key=key)
+        if self.backward.needs_labels:
+            if labels is None:
+                raise ValueError("the backward wire has a label-dependent transform (e.g. marvell): "
+                                 "pass the batch's labels to send_backward(..., labels=y)")
+            dz, s = self.backward.apply(dz, state.backward, key=key, labels=labels)
+        else:
+            dz, s = self.backward.apply(dz, state.backward, key=key)
         return dz, state._replace(backward=s)
 
     def traffic(self, batch_size: int, smash_shape: tuple[int, ...], dtype: Any,
