@@ -72,6 +72,11 @@ def test_fashion_mnist_real_files():
     ds = load("fashion-mnist")
     check_dataset(ds, 60000, 10000, (28, 28, 1), 10)
     assert np.bincount(ds.y_train).tolist() == [6000] * 10 and ds.class_names[9] == "Ankle boot"
+    padded = load("fashion-mnist-32")  # the stand-in for CIFAR-shaped models
+    check_dataset(padded, 60000, 10000, (32, 32, 1), 10)
+    np.testing.assert_array_equal(padded.x_train[:5, 2:30, 2:30], ds.x_train[:5])
+    assert padded.x_test[:, :2].max() == 0 and padded.x_test[:, :, 30:].max() == 0
+    np.testing.assert_array_equal(padded.y_test, ds.y_test)
 
 
 def test_mnist10k_real_tarball_and_extracted_folder(tmp_path, monkeypatch):
@@ -263,7 +268,7 @@ def test_registry_errors_and_listing():
     with pytest.raises(TypeError, match="root must be a folder path"):
         load("digits", root=3)
     listing = {d["name"]: d for d in list_datasets()}
-    assert set(listing) == {"digits", "lfw-subset", "fashion-mnist", "mnist10k", "mnist", "cifar10"}
+    assert set(listing) == {"digits", "lfw-subset", "fashion-mnist", "fashion-mnist-32", "mnist10k", "mnist", "cifar10"}
     assert listing["digits"]["available"] and listing["cifar10"]["shape"] == (32, 32, 3)
     assert "apt-get install dataset-fashion-mnist" in listing["fashion-mnist"]["how"]
 

