@@ -178,6 +178,14 @@ def _config(spec, classes):
                        input_shape=(8, 8, 1), num_classes=classes, defenses=(spec,), seed=0)
 
 
+def test_spec_validation_refuses_a_multiclass_dataset():
+    from workbench.experiment import ExperimentSpec
+
+    with pytest.raises(SpecError, match="binary"):
+        ExperimentSpec(data="digits", defenses=("marvell(scale=1.0)",)).validate()
+    ExperimentSpec(data="lfw-subset", model="mlp", defenses=("marvell(scale=1.0)",)).validate()  # 2 classes
+
+
 def test_trainer_refuses_a_multiclass_task_and_the_smash_side():
     with pytest.raises(ValueError, match="binary"):
         build_trainer(_config("marvell(scale=1.0)", 10))

@@ -161,9 +161,14 @@ class ExperimentSpec:
         for reg, specs, fld in ((DEFENSES, self.defenses, "defenses"), (ATTACKS, self.attacks, "attacks")):
             for s in specs:
                 try:
-                    reg.build(s)  # factories check strengths (negative noise, bits < 1, ...)
+                    built = reg.build(s)  # factories check strengths (negative noise, bits < 1, ...)
                 except (ValueError, TypeError) as e:
                     raise SpecError(f"field {fld!r}: {e}") from None
+                classes = next(d["classes"] for d in list_datasets() if d["name"] == self.data)
+                if getattr(built, "binary_labels", False) and classes != 2:
+                    raise SpecError(f"field 'defenses': {s!r} is defined for binary tasks (labels 0/1), but "
+                                    f"dataset {self.data!r} has {classes} classes; use it on a binary task "
+                                    "(papers/li2022 relabels Fashion-MNIST shirt-vs-rest)")
         return self
 
 
