@@ -138,7 +138,8 @@ class ExperimentSpec:
                 raise SpecError(f"field {name!r} must be a positive number, got {v!r}")
         if not self.delta < 1:
             raise SpecError(f"field 'delta' must be < 1, got {self.delta!r}")
-        names = [d["name"] for d in list_datasets()]
+        datasets = {d["name"]: d for d in list_datasets()}
+        names = list(datasets)
         if self.data not in names:
             raise SpecError(f"field 'data': unknown dataset {self.data!r}; known: {names}")
         if self.model not in MODELS:
@@ -164,7 +165,7 @@ class ExperimentSpec:
                     built = reg.build(s)  # factories check strengths (negative noise, bits < 1, ...)
                 except (ValueError, TypeError) as e:
                     raise SpecError(f"field {fld!r}: {e}") from None
-                classes = next(d["classes"] for d in list_datasets() if d["name"] == self.data)
+                classes = datasets[self.data]["classes"]
                 if getattr(built, "binary_labels", False) and classes != 2:
                     raise SpecError(f"field 'defenses': {s!r} is defined for binary tasks (labels 0/1), but "
                                     f"dataset {self.data!r} has {classes} classes; use it on a binary task "
