@@ -14,7 +14,7 @@ import pytest
 
 from workbench.experiment import ExperimentSpec, SpecError, load_spec, record_path
 from workbench.report import _mean_ci, write_report
-from workbench.runner import run_experiment
+from workbench.runner import clear_training_cache, run_experiment
 from workbench.sweep import expand_grid, parse_grid, run_sweep
 
 TINY = ExperimentSpec(data="digits", model="mlp", cut="relu1", epochs=1, batch_size=64, aux_size=100, targets=4,
@@ -32,14 +32,34 @@ def _stable(record):
 
 
 def test_same_spec_same_record(tmp_path):
+    clear_training_cache()
     a = run_experiment(TINY, tmp_path / "a")
+    clear_training_cache()  # train b from scratch: determinism of training itself
     b = run_experiment(TINY, tmp_path / "b")
+    assert "train_path" not in b["timings"]
     assert _stable(a) == _stable(b)  # bitwise: floats compare exactly
     c = run_experiment(TINY.with_overrides(["seed=1"]), tmp_path / "c")
     assert _stable(c)["metrics"] != _stable(a)["metrics"]
     # a finished run is reused, not recomputed
     again = run_experiment(TINY, tmp_path / "a")
     assert again["timings"] == a["timings"]
+
+
+def test_runs_differing_only_in_threat_model_share_the_trained_model(tmp_path):
+    """observe / attacks / targets do not change training: the second run reuses the model,
+    and its record equals that of a run trained from scratch."""
+    clear_training_cache()
+    run_experiment(TINY, tmp_path / "a")
+    other = TINY.with_overrides(["observe=inference", "targets=3", "attacks=['rmle(steps=10)']"])
+    shared = run_experiment(other, tmp_path / "a")
+    assert shared["timings"]["train_path"].startswith("reused")
+    clear_training_cache()
+    fresh = run_experiment(other, tmp_path / "fresh")
+    assert "train_path" not in fresh["timings"]
+    assert _stable(shared) == _stable(fresh)
+    # a field training reads (here lr) trains again
+    again = run_experiment(other.with_overrides(["lr=0.01"]), tmp_path / "a")
+    assert "train_path" not in again["timings"]
 
 
 def test_spec_files_and_hash(tmp_path):

@@ -18,7 +18,8 @@ import numpy as np
 from workbench import metrics
 from workbench.experiment import ExperimentSpec, package_versions, record_path
 
-__all__ = ["Prepared", "prepare", "train_stage", "observation", "evaluate_stage", "run_experiment", "write_record"]
+__all__ = ["Prepared", "prepare", "train_stage", "training_hash", "shares_training", "observation", "evaluate_stage",
+           "run_experiment", "write_record", "NOT_TRAINING_FIELDS", "clear_training_cache"]
 
 
 @dataclasses.dataclass
@@ -67,11 +68,45 @@ def prepare(spec: ExperimentSpec) -> Prepared:
                     ds.num_classes, int(x.shape[0]))
 
 
+# Spec fields that training does not read: specs differing only in these train the same model.
+NOT_TRAINING_FIELDS = ("observe", "attacks", "targets", "delta")
+_LAST_TRAINED: dict[str, Any] = {}  # training hash -> FitResult; only the last one is kept
+
+
+def training_hash(spec: ExperimentSpec) -> str:
+    """Hash of the fields that decide the trained model (``spec.hash()`` without
+    ``NOT_TRAINING_FIELDS``)."""
+    import hashlib
+
+    d = {k: v for k, v in spec.to_dict().items() if k not in NOT_TRAINING_FIELDS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def clear_training_cache() -> None:
+    """Forget the last trained model (the next run trains from scratch)."""
+    _LAST_TRAINED.clear()
+
+
+def shares_training(spec: ExperimentSpec) -> bool:
+    """Whether ``train_stage`` will reuse the model trained for the previous spec (same
+    training fields, e.g. the same model attacked under another threat model)."""
+    return training_hash(spec) in _LAST_TRAINED
+
+
 def train_stage(p: Prepared, *, progress: bool = False):
+    """Trains the spec's model. The last trained model is kept in memory: a spec that differs
+    from the previous one only in ``NOT_TRAINING_FIELDS`` reuses it (training is
+    deterministic given those fields, so the result is the same)."""
     from workbench.training import fit
 
-    return fit(p.trainer, p.x_train, p.y_train, epochs=p.spec.epochs, batch_size=p.spec.batch_size,
-               key=jax.random.fold_in(jax.random.key(p.spec.seed), 1), progress=progress)
+    h = training_hash(p.spec)
+    if h in _LAST_TRAINED:
+        return _LAST_TRAINED[h]
+    fitted = fit(p.trainer, p.x_train, p.y_train, epochs=p.spec.epochs, batch_size=p.spec.batch_size,
+                 key=jax.random.fold_in(jax.random.key(p.spec.seed), 1), progress=progress)
+    _LAST_TRAINED.clear()
+    _LAST_TRAINED[h] = fitted
+    return fitted
 
 
 def observation(p: Prepared, state, key):
@@ -213,8 +248,12 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | os.PathLike | None = Non
     p = prepare(spec)
     timings["prepare"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    shared = shares_training(spec)
     fitted = train_stage(p, progress=progress)
     timings["train"] = time.perf_counter() - t0
+    if shared:
+        timings["train_path"] = "reused: the previous run trained the same model (differs only in " \
+                                f"{', '.join(NOT_TRAINING_FIELDS)})"
     record, images = evaluate_stage(p, fitted.state, fitted.history, timings=timings)
     if out_dir is not None:
         write_record(out_dir, record, images)

@@ -24,7 +24,7 @@ import numpy as np
 
 from workbench.experiment import ExperimentSpec, SpecError, record_path
 from workbench.progress import Progress
-from workbench.runner import evaluate_stage, prepare, train_stage, write_record
+from workbench.runner import evaluate_stage, prepare, shares_training, train_stage, write_record
 
 __all__ = ["expand_grid", "parse_grid", "run_sweep", "fit_group", "fit_seeds"]
 
@@ -185,8 +185,9 @@ def _run_one(spec: ExperimentSpec, out_dir: Path) -> None:
     p = prepare(spec)
     timings["prepare"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    shared = shares_training(spec)
     fitted = train_stage(p)
     timings["train"] = time.perf_counter() - t0
-    timings["train_path"] = "one by one"
+    timings["train_path"] = "reused from the previous spec" if shared else "one by one"
     record, images = evaluate_stage(p, fitted.state, fitted.history, timings=timings)
     write_record(out_dir, record, images)
