@@ -75,49 +75,52 @@ def run(out_dir: Path, smoke: bool) -> dict:
     return results
 
 
-def _cifar_figures(results, recons, out_dir):
+def _quality_by_cut(results, prefix, cuts, paper_value, title, stem, out_dir):
+    """SSIM and PSNR of each attack against the cut, ours as lines and the paper's as stars;
+    ``paper_value(cut, attack, metric)`` is the paper's number or None."""
     plt = _common.pyplot()
-    paper = _common.expected(NAME)["paper_cifar"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    x = np.arange(len(CIFAR_CUTS))
-    for ax, (m, metric) in zip(axes, enumerate(("psnr", "ssim"))):
-        for i, a in enumerate(ATTACKS):
-            ax.plot(x, [results[f"cifarnet/{c}/{a}/{metric}"] for c in CIFAR_CUTS], "o-", color=f"C{i}", label=a)
-            ax.plot(x, [paper[a][c][m] for c in CIFAR_CUTS], "*", color=f"C{i}", ms=11, mec="k",
-                    label=f"paper {a} (CIFAR-10)")
-        ax.set_xticks(x, CIFAR_CUTS)
-        ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
-    axes[1].legend(fontsize=6)
-    fig.suptitle("He et al. 2019 CIFAR-10 CNN on Fashion-MNIST padded to 32x32 (reduced protocol; "
-                 "stars: the paper on CIFAR-10)", fontsize=9)
-    _common.save_figure(fig, out_dir, "cifarnet_attack_quality")
-
-    rows = [(cut, row) for cut in CIFAR_CUTS for row in recons[cut]]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(7, 0.75 * len(rows)))
-    for ax, (cut, row) in zip(axes, rows):
-        imgs = recons[cut][row]
-        strip = np.concatenate([np.pad(np.clip(im[..., 0], 0, 1), 1, constant_values=1) for im in imgs[:10]], 1)
-        ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.set_ylabel(f"{cut}\n{row.split('(')[0]}", rotation=0, ha="right", va="center", fontsize=7)
-    _common.save_figure(fig, out_dir, "cifarnet_reconstructions")
-
-
-def _depth_figure(results, cuts, out_dir):
-    plt = _common.pyplot()
-    paper = _common.expected(NAME)["paper"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     x = np.arange(len(cuts))
     for ax, metric in zip(axes, ("ssim", "psnr")):
         for i, a in enumerate(ATTACKS):
-            ax.plot(x, [results[f"{c}/{a}/{metric}"] for c in cuts], "o-", color=f"C{i}", label=a, ms=4)
-            pts = [(j, paper[f"{c}/{a}/{metric}"]) for j, c in enumerate(cuts) if f"{c}/{a}/{metric}" in paper]
-            ax.plot(*zip(*pts), "*", color=f"C{i}", ms=11, mec="k", label=f"paper {a}")
+            ax.plot(x, [results[f"{prefix}{c}/{a}/{metric}"] for c in cuts], "o-", color=f"C{i}", label=a, ms=4)
+            pts = [(j, v) for j, c in enumerate(cuts) if (v := paper_value(c, a, metric)) is not None]
+            if pts:
+                ax.plot(*zip(*pts), "*", color=f"C{i}", ms=11, mec="k", label=f"paper {a}")
         ax.set_xticks(x, cuts, rotation=45, fontsize=7)
         ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
     axes[0].legend(fontsize=6)
-    fig.suptitle("He et al. 2019 LeNet on mnist10k: attack quality at every cut point (stars: the paper)", fontsize=9)
-    _common.save_figure(fig, out_dir, "attack_quality_every_cut")
+    fig.suptitle(title, fontsize=9)
+    _common.save_figure(fig, out_dir, stem)
+
+
+def _reconstruction_strips(rows, out_dir, stem, height=0.75):
+    """One strip of the first 10 images per ``(cut, row name, images)``."""
+    plt = _common.pyplot()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(7, height * len(rows)))
+    for ax, (cut, row, imgs) in zip(axes, rows):
+        strip = np.concatenate([np.pad(np.clip(im[..., 0], 0, 1), 1, constant_values=1) for im in imgs[:10]], 1)
+        ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_ylabel(f"{cut}\n{row.split('(')[0]}", rotation=0, ha="right", va="center", fontsize=7)
+    _common.save_figure(fig, out_dir, stem)
+
+
+def _cifar_figures(results, recons, out_dir):
+    paper = _common.expected(NAME)["paper_cifar"]
+    _quality_by_cut(results, "cifarnet/", CIFAR_CUTS,
+                    lambda c, a, metric: paper[a][c][("psnr", "ssim").index(metric)],
+                    "He et al. 2019 CIFAR-10 CNN on Fashion-MNIST padded to 32x32 (reduced protocol; "
+                    "stars: the paper on CIFAR-10)", "cifarnet_attack_quality", out_dir)
+    _reconstruction_strips([(cut, row, imgs) for cut in CIFAR_CUTS for row, imgs in recons[cut].items()],
+                           out_dir, "cifarnet_reconstructions")
+
+
+def _depth_figure(results, cuts, out_dir):
+    paper = _common.expected(NAME)["paper"]
+    _quality_by_cut(results, "", cuts, lambda c, a, metric: paper.get(f"{c}/{a}/{metric}"),
+                    "He et al. 2019 LeNet on mnist10k: attack quality at every cut point (stars: the paper)",
+                    "attack_quality_every_cut", out_dir)
 
 
 def _figures(results, recons, out_dir):
@@ -138,14 +141,6 @@ def _figures(results, recons, out_dir):
                  fontsize=9)
     _common.save_figure(fig, out_dir, "attack_quality_by_cut")
 
-    fig, axes = plt.subplots(len(CUTS) * (1 + len(ATTACKS)), 1, figsize=(7, 6.5))
-    r = 0
-    for cut in CUTS:  # the paper's two cuts
-        for row, imgs in recons[cut].items():
-            ax = axes[r]
-            strip = np.concatenate([np.pad(np.clip(im[..., 0], 0, 1), 1, constant_values=1) for im in imgs[:10]], 1)
-            ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_ylabel(f"{cut}\n{row.split('(')[0]}", rotation=0, ha="right", va="center", fontsize=7)
-            r += 1
-    _common.save_figure(fig, out_dir, "reconstructions")
+    # the paper's two cuts
+    _reconstruction_strips([(cut, row, imgs) for cut in CUTS for row, imgs in recons[cut].items()],
+                           out_dir, "reconstructions", height=6.5 / (len(CUTS) * (1 + len(ATTACKS))))
