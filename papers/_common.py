@@ -93,6 +93,15 @@ def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+def image_strip(ax, images, label: str, n: int = 10) -> None:
+    """Draws the first ``n`` single-channel images in [0, 1] side by side on ``ax``, with a
+    white 1-pixel frame each and ``label`` as the row's name."""
+    strip = np.concatenate([np.pad(np.clip(im[..., 0], 0, 1), 1, constant_values=1) for im in images[:n]], 1)
+    ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+
+
 def pyplot():
     import matplotlib
 

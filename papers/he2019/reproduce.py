@@ -99,10 +99,7 @@ def _reconstruction_strips(rows, out_dir, stem, height=0.75):
     plt = _common.pyplot()
     fig, axes = plt.subplots(len(rows), 1, figsize=(7, height * len(rows)))
     for ax, (cut, row, imgs) in zip(axes, rows):
-        strip = np.concatenate([np.pad(np.clip(im[..., 0], 0, 1), 1, constant_values=1) for im in imgs[:10]], 1)
-        ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.set_ylabel(f"{cut}\n{row.split('(')[0]}", rotation=0, ha="right", va="center", fontsize=7)
+        _common.image_strip(ax, imgs, f"{cut}\n{row.split('(')[0]}")
     _common.save_figure(fig, out_dir, stem)
 
 

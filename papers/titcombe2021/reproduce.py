@@ -113,8 +113,5 @@ def _figures(results, recons, out_dir):
     for ax, row in zip(np.atleast_1d(axes), rows):
         imgs = recons[names[0]]["original"] if row == "original" else \
             [v for k, v in recons[row].items() if k != "original"][0]
-        strip = np.concatenate([np.pad(np.clip(im[..., 0], 0, 1), 1, constant_values=1) for im in imgs[:10]], 1)
-        ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.set_ylabel(row, rotation=0, ha="right", va="center", fontsize=7)
+        _common.image_strip(ax, imgs, row)
     _common.save_figure(fig, out_dir, "reconstructions")

@@ -199,11 +199,8 @@ def _figures(results, recons, cuts, seeds, out_dir):
     for ax, row in zip(np.atleast_1d(axes), rows):
         images = recons[(cuts[0], seed)]["original"] if row == "original" else \
             next(v for k, v in recons[(row, seed)].items() if k != "original")
-        strip = np.concatenate([np.pad(np.clip(im[..., 0], 0, 1), 1, constant_values=1) for im in images[:10]], 1)
-        ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
-        ax.set_xticks([]), ax.set_yticks([])
         text = row if row == "original" else \
             f"{row}\nMSE {results[f'{row}/{seed}/mse']:.3f}\nSSIM {results[f'{row}/{seed}/ssim']:.2f}"
-        ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize=7)
+        _common.image_strip(ax, images, text)
     fig.suptitle(f"UnSplit reconstructions by cut depth ({seed})", fontsize=8)
     _common.save_figure(fig, out_dir, "reconstructions")
