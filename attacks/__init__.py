@@ -3,20 +3,21 @@
 Importing this package imports every attack module, so ``ATTACKS`` lists them all.
 """
 
-from attacks.base import (
+from split_workbench.attacks.base import (
     OBSERVATION_FIELDS,
     AbstractAttack,
     AttackResult,
     MissingObservation,
     Observation,
 )
-from attacks.registry import ATTACKS, build_attack, register_attack
-from attacks.inverse_net import Decoder, InverseNet, InverseNetConfig, make_decoder, train_decoder
-from attacks.label_leak import CosineLeak, NormLeak, cosine_scores, norm_scores
-from attacks.observe import evaluate_attack, observe, observe_tap, tap_targets, wire_query
-from attacks.query_free import QueryFree, ShadowConfig, train_shadow_client
-from attacks.rmle import RMLE, RMLEConfig, rmle_reconstruct
-from attacks.unsplit import LabelMatchConfig, UnSplit, UnSplitConfig, UnSplitLabels
+from split_workbench.attacks.inverse_net import Decoder, InverseNet, InverseNetConfig, make_decoder, train_decoder
+from split_workbench.attacks.label_leak import CosineLeak, NormLeak, cosine_scores, norm_scores
+from split_workbench.attacks.query_free import QueryFree, ShadowConfig, train_shadow_client
+from split_workbench.attacks.registry import ATTACKS, build_attack, register_attack
+from split_workbench.attacks.rmle import RMLE, RMLEConfig, rmle_reconstruct
+from split_workbench.attacks.unsplit import LabelMatchConfig, UnSplit, UnSplitConfig, UnSplitLabels
+from split_workbench.attacks.evaluate import evaluate_attack
+from split_workbench.observation import observe, observe_tap, tap_targets, wire_query
 
 __all__ = [
     "OBSERVATION_FIELDS", "AbstractAttack", "AttackResult", "MissingObservation", "Observation",

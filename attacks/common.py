@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.split import GraphApply
+from split_workbench.split import GraphApply
 
 __all__ = [
     "total_variation", "data_term", "to_box", "from_box", "initial_images", "reinit_like",

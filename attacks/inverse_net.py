@@ -18,11 +18,18 @@ import numpy as np
 import optax
 from flax import nnx
 
-from attacks.base import AbstractAttack, AttackResult, Observation
-from attacks.common import (ModuleApply, check_images, check_positive, check_smash, input_shape_of,
-                            minibatch, timed)
-from attacks.registry import register_attack
-from workbench.ops import conv_kwargs
+from split_workbench.attacks.base import AbstractAttack, AttackResult, Observation
+from split_workbench.attacks.common import (
+    ModuleApply,
+    check_images,
+    check_positive,
+    check_smash,
+    input_shape_of,
+    minibatch,
+    timed,
+)
+from split_workbench.attacks.registry import register_attack
+from split_workbench.ops import conv_kwargs
 
 __all__ = ["InverseNet", "InverseNetConfig", "Decoder", "make_decoder", "train_decoder"]
 
@@ -54,7 +61,7 @@ class Decoder(nnx.Module):
         ups = []
         while 2 * h <= h_out:
             # a stride-2 transposed conv, written as an input-dilated conv (the same layer
-            # up to a flip of its learnt kernel) so its gradients take workbench.ops' path
+            # up to a flip of its learnt kernel) so its gradients take split_workbench.ops' path
             ups.append(nnx.Conv(c, width, (4, 4), input_dilation=2, padding=((2, 2), (2, 2)), rngs=rngs,
                                 **conv_kwargs()))
             c, h = width, 2 * h

@@ -12,7 +12,7 @@ labels are binary and imbalanced (positives the minority). It knows nothing else
   pointing away from the majority, i.e. likely positives, score high.
 
 Outputs are per-example scores, higher meaning "more likely positive"; the leak AUC is
-scored outside the attack with ``workbench.metrics.roc_auc`` (``evaluate_attack`` does it).
+scored outside the attack with ``split_workbench.metrics.roc_auc`` (``evaluate_attack`` does it).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attacks.base import AbstractAttack, AttackResult, Observation
-from attacks.common import check_smash, timed
-from attacks.registry import register_attack
+from split_workbench.attacks.base import AbstractAttack, AttackResult, Observation
+from split_workbench.attacks.common import check_smash, timed
+from split_workbench.attacks.registry import register_attack
 
 __all__ = ["NormLeak", "CosineLeak", "norm_scores", "cosine_scores"]
 

@@ -17,11 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from attacks.base import AbstractAttack, AttackResult, Observation
-from attacks.common import (BOXES, INITS, check_choice, check_images, check_nonneg, check_positive, check_smash,
-                            initial_images, input_shape_of, minibatch, reinit_like, timed)
-from attacks.registry import register_attack
-from attacks.rmle import RMLEConfig, _rmle
+from split_workbench.attacks.base import AbstractAttack, AttackResult, Observation
+from split_workbench.attacks.common import (
+    BOXES,
+    INITS,
+    check_choice,
+    check_images,
+    check_nonneg,
+    check_positive,
+    check_smash,
+    initial_images,
+    input_shape_of,
+    minibatch,
+    reinit_like,
+    timed,
+)
+from split_workbench.attacks.registry import register_attack
+from split_workbench.attacks.rmle import RMLEConfig, _rmle
 
 __all__ = ["QueryFree", "ShadowConfig", "train_shadow_client"]
 

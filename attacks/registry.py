@@ -5,8 +5,8 @@ Each attack module registers its class here; importing ``attacks`` imports them 
 
 from __future__ import annotations
 
-from attacks.base import AbstractAttack
-from workbench.registry import Registry
+from split_workbench.attacks.base import AbstractAttack
+from split_workbench.registry import Registry
 
 __all__ = ["ATTACKS", "build_attack", "register_attack"]
 

@@ -23,11 +23,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from attacks.base import AbstractAttack, AttackResult, Observation
-from attacks.common import (BOXES, INITS, LOSSES, check_choice, check_nonneg, check_positive, check_smash,
-                            data_term, from_box, initial_images, input_shape_of, timed, to_box,
-                            total_variation)
-from attacks.registry import register_attack
+from split_workbench.attacks.base import AbstractAttack, AttackResult, Observation
+from split_workbench.attacks.common import (
+    BOXES,
+    INITS,
+    LOSSES,
+    check_choice,
+    check_nonneg,
+    check_positive,
+    check_smash,
+    data_term,
+    from_box,
+    initial_images,
+    input_shape_of,
+    timed,
+    to_box,
+    total_variation,
+)
+from split_workbench.attacks.registry import register_attack
 
 __all__ = ["RMLE", "RMLEConfig", "rmle_reconstruct"]
 

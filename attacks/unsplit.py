@@ -27,10 +27,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from attacks.base import AbstractAttack, AttackResult, Observation
-from attacks.common import (check_nonneg, check_positive, check_smash, initial_images, input_shape_of,
-                            per_image_sum, reinit_like, timed, total_variation)
-from attacks.registry import register_attack
+from split_workbench.attacks.base import AbstractAttack, AttackResult, Observation
+from split_workbench.attacks.common import (
+    check_nonneg,
+    check_positive,
+    check_smash,
+    initial_images,
+    input_shape_of,
+    per_image_sum,
+    reinit_like,
+    timed,
+    total_variation,
+)
+from split_workbench.attacks.registry import register_attack
 
 __all__ = ["UnSplit", "UnSplitConfig", "UnSplitLabels", "LabelMatchConfig"]
 

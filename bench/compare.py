@@ -1,4 +1,4 @@
-"""Full split-vs-federated comparison (workbench.topology.compare) with machine info.
+"""Full split-vs-federated comparison (split_workbench.topology.compare) with machine info.
 
   python -m bench.compare [--smoke]
 
@@ -18,7 +18,7 @@ from bench.machine import machine_info
 def main() -> None:
     import jax
 
-    from workbench.topology.compare import DEFAULT, SMOKE, compare
+    from split_workbench.topology.compare import DEFAULT, SMOKE, compare
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")

@@ -21,13 +21,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from attacks import build_attack
-from attacks.base import Observation
-from defenses import build_defense
-from defenses.accounting import Schedule, calibrate_noise
-from workbench.data import load
-from workbench.metrics import ssim
-from workbench.training import TrainConfig, build_trainer, fit
+from split_workbench.attacks import build_attack
+from split_workbench.attacks.base import Observation
+from split_workbench.defenses import build_defense
+from split_workbench.defenses.accounting import Schedule, calibrate_noise
+from split_workbench.data import load
+from split_workbench.metrics import ssim
+from split_workbench.training import fit
+from split_workbench.orchestration.runs import TrainConfig, build_trainer
 
 N, B, DELTA, EPOCHS = 3000, 32, 1e-5, 1
 

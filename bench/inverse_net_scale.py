@@ -19,14 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from attacks import build_attack, observe
+from split_workbench.attacks import build_attack, observe
 from bench.machine import machine_info
-from workbench import metrics
-from workbench.data import load
-from workbench.models import make_model
-from workbench.protocol import SplitTrainer
-from workbench.split import split
-from workbench.training import fit
+from split_workbench import metrics
+from split_workbench.data import load
+from split_workbench.models import make_model
+from split_workbench.protocol import SplitTrainer
+from split_workbench.split import split
+from split_workbench.training import fit
 
 
 def main(argv=None):

@@ -31,10 +31,10 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import machine_info  # noqa: E402
-from workbench.models import make_model  # noqa: E402
-from workbench.models import base as mbase  # noqa: E402
-from workbench.protocol import SplitTrainer, cross_entropy  # noqa: E402
-from workbench.split import split  # noqa: E402
+from split_workbench.models import make_model  # noqa: E402
+from split_workbench.models import base as mbase  # noqa: E402
+from split_workbench.protocol import SplitTrainer, cross_entropy  # noqa: E402
+from split_workbench.split import split  # noqa: E402
 
 
 def reduce_window_pool(x):

@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import machine_info  # noqa: E402
-from workbench.experiment import ExperimentSpec  # noqa: E402
-from workbench.sweep import expand_grid, parse_grid, run_sweep  # noqa: E402
+from split_workbench.orchestration.experiment import ExperimentSpec  # noqa: E402
+from split_workbench.orchestration.sweep import expand_grid, parse_grid, run_sweep  # noqa: E402
 
 
 def main(argv=None):

@@ -3,7 +3,8 @@
 Importing this package imports every defense module, so the registry is populated.
 """
 
-from defenses.base import (
+from split_workbench.defenses.accounting import Schedule, calibrate_noise, epsilon, privacy_report
+from split_workbench.defenses.base import (
     CutTransform,
     Defense,
     EmptyState,
@@ -17,16 +18,15 @@ from defenses.base import (
     message_nbytes,
     stateless,
 )
-from defenses.registry import DEFENSES, build_defense, register_defense
-from defenses.accounting import Schedule, calibrate_noise, epsilon, privacy_report
-from defenses.clipping import clip_per_example, clip_tree_per_example, per_example_norms
-from defenses.noise import gaussian_noise, laplace_noise
-from defenses.dp_smash import dp_smash
-from defenses.dp_sgd import dp_sgd, dp_sgd_privatizer
-from defenses.nopeek import nopeek
-from defenses.dropout import cut_dropout
-from defenses.compression import quantize, topk
-from defenses.label_leakage import grad_noise, marvell, max_norm
+from split_workbench.defenses.clipping import clip_per_example, clip_tree_per_example, per_example_norms
+from split_workbench.defenses.compression import quantize, topk
+from split_workbench.defenses.dp_sgd import dp_sgd, dp_sgd_privatizer
+from split_workbench.defenses.dp_smash import dp_smash
+from split_workbench.defenses.dropout import cut_dropout
+from split_workbench.defenses.label_leakage import grad_noise, marvell, max_norm
+from split_workbench.defenses.noise import gaussian_noise, laplace_noise
+from split_workbench.defenses.nopeek import nopeek
+from split_workbench.defenses.registry import DEFENSES, build_defense, register_defense
 
 __all__ = [
     "CutTransform", "Defense", "EmptyState", "GradPrivatizer", "LossTerm", "chain", "combine", "dense_nbytes",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 
-from workbench.registry import SpecError
+import jax
+
+from split_workbench.registry import SpecError
 
 __all__ = ["SpecError", "nonnegative", "positive", "in_range", "choice", "AT_CHOICES", "where", "traced"]
 
@@ -17,7 +19,6 @@ def traced(value) -> bool:
 
     Sweeps validate every concrete value before tracing (``spec.validate()``), so factories
     skip the value checks and the ``== 0`` identity shortcut for traced strengths."""
-    import jax
 
     return isinstance(value, jax.core.Tracer)
 

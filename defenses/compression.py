@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from defenses import _checks
-from defenses.base import Defense, stateless
-from defenses.registry import register_defense
+from split_workbench.defenses import _checks
+from split_workbench.defenses.base import Defense, stateless
+from split_workbench.defenses.registry import register_defense
 
 __all__ = ["topk", "quantize", "topk_k", "index_bytes", "topk_nbytes", "quantize_nbytes"]
 

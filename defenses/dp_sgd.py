@@ -9,11 +9,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from defenses import _checks
-from defenses.accounting import ADJACENCIES, SAMPLINGS, Schedule, privacy_report
-from defenses.base import Defense
-from defenses.clipping import clip_tree_per_example
-from defenses.registry import register_defense
+from split_workbench.defenses import _checks
+from split_workbench.defenses.accounting import ADJACENCIES, SAMPLINGS, Schedule, privacy_report
+from split_workbench.defenses.base import Defense
+from split_workbench.defenses.clipping import clip_tree_per_example
+from split_workbench.defenses.registry import register_defense
 
 __all__ = ["dp_sgd", "dp_sgd_privatizer"]
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import jax
 
-from defenses import _checks
-from defenses.accounting import ADJACENCIES, SAMPLINGS, Schedule, privacy_report
-from defenses.base import Defense, stateless
-from defenses.clipping import clip_per_example
-from defenses.noise import add_gaussian
-from defenses.registry import register_defense
+from split_workbench.defenses import _checks
+from split_workbench.defenses.accounting import ADJACENCIES, SAMPLINGS, Schedule, privacy_report
+from split_workbench.defenses.base import Defense, stateless
+from split_workbench.defenses.clipping import clip_per_example
+from split_workbench.defenses.noise import add_gaussian
+from split_workbench.defenses.registry import register_defense
 
 __all__ = ["dp_smash", "privatize_smash"]
 

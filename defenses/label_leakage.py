@@ -12,10 +12,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from defenses import _checks
-from defenses.base import CutTransform, Defense, stateless
-from defenses.noise import add_gaussian
-from defenses.registry import register_defense, vmappable
+from split_workbench.defenses import _checks
+from split_workbench.defenses.base import CutTransform, Defense, stateless
+from split_workbench.defenses.noise import add_gaussian
+from split_workbench.defenses.registry import register_defense, vmappable
 
 __all__ = ["grad_noise", "max_norm", "max_norm_noise", "marvell", "marvell_solve", "marvell_noise",
            "marvell_sum_kl", "MarvellSolution", "MarvellState"]

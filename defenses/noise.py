@@ -9,9 +9,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from defenses import _checks
-from defenses.base import Defense, stateless
-from defenses.registry import register_defense, vmappable
+from split_workbench.defenses import _checks
+from split_workbench.defenses.base import Defense, stateless
+from split_workbench.defenses.registry import register_defense, vmappable
 
 __all__ = ["gaussian_noise", "laplace_noise", "add_gaussian", "add_laplace"]
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from defenses import _checks
-from defenses.base import Defense, LossTerm
-from defenses.registry import register_defense, vmappable
-from workbench.metrics import distance_correlation, distance_correlation_squared_distances
+from split_workbench.defenses import _checks
+from split_workbench.defenses.base import Defense, LossTerm
+from split_workbench.defenses.registry import register_defense, vmappable
+from split_workbench.metrics import distance_correlation, distance_correlation_squared_distances
 
 __all__ = ["nopeek"]
 
@@ -19,7 +19,7 @@ def nopeek(alpha: float = 0.5, variant: str = "standard") -> Defense:
 
     ``dCor(X, Z) = dCov(X, Z) / sqrt(dVar(X) dVar(Z))`` on the batch's double-centred
     pairwise distance matrices (examples flattened), computed in one vectorised
-    ``O(B^2 d)`` program by ``workbench.metrics``; its gradient wrt ``z`` is added to the
+    ``O(B^2 d)`` program by ``split_workbench.metrics``; its gradient wrt ``z`` is added to the
     cut gradient before the client's backward pass. Nothing extra crosses the wire.
 
     Guarantee: empirical, no formal guarantee (it lowers a statistical dependence measure

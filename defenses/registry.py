@@ -5,8 +5,8 @@ Each defense module registers its factories here; importing ``defenses`` imports
 
 from __future__ import annotations
 
-from defenses.base import Defense
-from workbench.registry import Registry
+from split_workbench.defenses.base import Defense
+from split_workbench.registry import Registry, format_spec
 
 __all__ = ["DEFENSES", "build_defense", "register_defense", "vmappable", "VMAPPABLE", "strength_split",
            "build_defense_traced"]
@@ -39,7 +39,6 @@ def strength_split(spec: str) -> tuple[str, dict[str, float]]:
     blanked, ``{"scale": 0.5}``). Specs that share the key differ only in strengths a
     vmapped program can take as data. A zero strength stays in the key: zero means "no
     transform installed", a different program. Non-vmappable defenses return ``(spec, {})``."""
-    from workbench.registry import format_spec
 
     name, kwargs = DEFENSES.validate(spec)
     params = DEFENSES.parameters(name)

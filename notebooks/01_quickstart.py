@@ -35,8 +35,8 @@ if os.environ.get("MPLBACKEND") is None and not hasattr(__builtins__, "__IPYTHON
 import matplotlib.pyplot as plt
 import numpy as np
 
-from workbench.experiment import ExperimentSpec
-from workbench.runner import run_experiment
+from split_workbench.orchestration.experiment import ExperimentSpec
+from split_workbench.orchestration.runner import run_experiment
 
 SMOKE = os.environ.get("SMOKE", "1") != "0"
 EPOCHS, RMLE_STEPS = (3, 150) if SMOKE else (20, 1000)
@@ -60,12 +60,12 @@ print("dCor(input, smash):", round(rec["metrics"]["dcor_input_smash"], 3))
 # Below: what the server sees for one example, and rMLE's reconstruction of all targets.
 
 # %%
-from workbench.runner import prepare, train_stage, observation
+from split_workbench.orchestration.runner import prepare, train_stage, observation
 
 p = prepare(base)
 fitted = train_stage(p)
 obs, x_t, _ = observation(p, fitted.state, jax.random.key(0))
-from attacks import build_attack
+from split_workbench.attacks import build_attack
 
 recon = build_attack(f"rmle(steps={RMLE_STEPS})")(obs.only(build_attack("rmle").needs), key=jax.random.key(1)).output
 

@@ -51,14 +51,14 @@ import numpy as np
 import optax
 from scipy.optimize import linear_sum_assignment
 
-from attacks import (ATTACKS, OBSERVATION_FIELDS, Observation, build_attack, evaluate_attack, observe, observe_tap,
+from split_workbench.attacks import (ATTACKS, OBSERVATION_FIELDS, Observation, build_attack, evaluate_attack, observe, observe_tap,
                      tap_targets)
-from workbench import metrics
-from workbench.data import load, split_aux
-from workbench.models import make_model
-from workbench.protocol import SplitTrainer
-from workbench.split import split
-from workbench.training import fit
+from split_workbench import metrics
+from split_workbench.data import load, split_aux
+from split_workbench.models import make_model
+from split_workbench.protocol import SplitTrainer
+from split_workbench.split import split
+from split_workbench.training import fit
 
 SMOKE = os.environ.get("SMOKE", "1") != "0"
 EPOCHS, TARGETS, AUX = (4, 8, 300) if SMOKE else (20, 16, 400)

@@ -21,8 +21,8 @@
 # this notebook measures both in one sweep:
 #
 # 1. a base experiment spec and a grid of defenses x strengths x seeds, run with
-#    `workbench.sweep` (the Python side of `split-workbench sweep`);
-# 2. the report (`workbench.report`, the Python side of `split-workbench report`): the
+#    `split_workbench.orchestration.sweep` (the Python side of `split-workbench sweep`);
+# 2. the report (`split_workbench.orchestration.report`, the Python side of `split-workbench report`): the
 #    attack x defense matrix with 95% intervals over seeds, the privacy-utility figure and
 #    the reconstruction grid;
 # 3. the formal guarantee of the DP defense: its (epsilon, delta) from
@@ -52,12 +52,12 @@ try:  # Jupyter renders the report's Markdown and figures; run as a plain script
 except ImportError:
     Image, Markdown, display = (lambda filename, **_: f"[figure: {filename}]"), str, print
 
-from defenses import DEFENSES, build_defense
-from defenses.accounting import Schedule, calibrate_noise, epsilon
-from workbench.data import load
-from workbench.experiment import ExperimentSpec
-from workbench.report import load_records, write_report
-from workbench.sweep import expand_grid, parse_grid, run_sweep
+from split_workbench.defenses import DEFENSES, build_defense
+from split_workbench.defenses.accounting import Schedule, calibrate_noise, epsilon
+from split_workbench.data import load
+from split_workbench.orchestration.experiment import ExperimentSpec
+from split_workbench.orchestration.report import load_records, write_report
+from split_workbench.orchestration.sweep import expand_grid, parse_grid, run_sweep
 
 SMOKE = os.environ.get("SMOKE", "1") != "0"
 OUT = Path("runs") / ("03_defenses_smoke" if SMOKE else "03_defenses")  # relative to the working directory

@@ -45,12 +45,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from workbench.data import available, load, subset
-from workbench.models import make_model
-from workbench.split import split
-from workbench.topology import (KINDS, NetworkModel, Task, fedavg, make_clients, same_optimizer_trainer,
+from split_workbench.data import available, load, subset
+from split_workbench.models import make_model
+from split_workbench.split import split
+from split_workbench.topology import (KINDS, NetworkModel, Task, fedavg, make_clients, same_optimizer_trainer,
                                 split_learning, splitfed_v1)
-from workbench.topology.compare import crossover
+from split_workbench.topology.compare import crossover
 
 SMOKE = os.environ.get("SMOKE", "1") != "0"
 if SMOKE or not available("fashion-mnist"):
@@ -175,4 +175,4 @@ plt.show()
 #
 # The same comparison, with He et al.'s LeNet and a thin ResNet-18, IID and Dirichlet
 # partitions, a Markdown table and the plot written to a folder, is one command:
-# `split-workbench compare --smoke --out results/compare` (Python: `workbench.topology.compare.compare`).
+# `split-workbench compare --smoke --out results/compare` (Python: `split_workbench.topology.compare.compare`).

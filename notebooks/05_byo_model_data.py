@@ -38,15 +38,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from attacks import build_attack, observe
-from defenses import build_defense, combine
-from workbench import metrics
-from workbench.data import Dataset, split_aux
-from workbench.models import Sequential, flatten, max_pool_2x2, relu
-from workbench.protocol import SplitTrainer
-from workbench.split import split
-from workbench.training import fit
-from workbench.wire import Wire
+from split_workbench.attacks import build_attack, observe
+from split_workbench.defenses import build_defense, combine
+from split_workbench import metrics
+from split_workbench.data import Dataset, split_aux
+from split_workbench.models import Sequential, flatten, max_pool_2x2, relu
+from split_workbench.protocol import SplitTrainer
+from split_workbench.split import split
+from split_workbench.training import fit
+from split_workbench.wire import Wire
 
 SMOKE = os.environ.get("SMOKE", "1") != "0"
 N_TRAIN, N_TEST, EPOCHS = (1200, 300, 4) if SMOKE else (6000, 1000, 15)
@@ -226,10 +226,10 @@ plt.show()
 # The factory receives `(input_shape, num_classes, rngs)`.
 
 # %%
-from workbench.data import DatasetInfo, list_datasets, register_dataset
-from workbench.experiment import ExperimentSpec
-from workbench.models import MODELS, ModelInfo, register_model
-from workbench.runner import run_experiment
+from split_workbench.data import DatasetInfo, list_datasets, register_dataset
+from split_workbench.orchestration.experiment import ExperimentSpec
+from split_workbench.models import MODELS, ModelInfo, register_model
+from split_workbench.orchestration.runner import run_experiment
 
 if "shapes" not in {d["name"] for d in list_datasets()}:  # re-running the cell must not register twice
     register_dataset(DatasetInfo(name="shapes", input_shape=ds.input_shape, num_classes=ds.num_classes,

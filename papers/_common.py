@@ -31,7 +31,7 @@ def spec_files(name: str, pattern: str = "*.toml") -> list[Path]:
 
 
 def load(name: str, file: str, overrides: list[str] = ()):
-    from workbench.experiment import load_spec
+    from split_workbench.orchestration.experiment import load_spec
 
     spec = load_spec(PAPERS_DIR / name / file)
     return spec.with_overrides(list(overrides)) if overrides else spec
@@ -39,7 +39,7 @@ def load(name: str, file: str, overrides: list[str] = ()):
 
 def run_spec(spec, out_dir: Path) -> dict:
     """One experiment through the core runner; records are cached under out_dir/runs."""
-    from workbench.runner import run_experiment
+    from split_workbench.orchestration.runner import run_experiment
 
     return run_experiment(spec, Path(out_dir) / "runs")
 

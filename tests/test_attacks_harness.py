@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-import attacks
-from attacks import ATTACKS, MissingObservation, Observation, build_attack
-from workbench.models import make_model
-from workbench.split import split
+from split_workbench import attacks
+from split_workbench.attacks import ATTACKS, MissingObservation, Observation, build_attack
+from split_workbench.models import make_model
+from split_workbench.split import split
 
 # A tiny configuration of every registered attack; a new attack must add one here.
 TINY = {
@@ -141,9 +141,9 @@ def test_unsplit_labels_refuses_a_client_that_does_not_take_the_smash(tiny):
 def test_observe_tap_grants_white_box_fields():
     """observe_tap with parameter grants: the tapped smash plus the given parameters, and a
     query that answers as the (here undefended) training wire did."""
-    from attacks import observe_tap
-    from workbench.protocol import SplitTrainer
-    from workbench.training import fit
+    from split_workbench.attacks import observe_tap
+    from split_workbench.protocol import SplitTrainer
+    from split_workbench.training import fit
 
     key = jax.random.key(0)
     sm = split(make_model("mlp", key=key, input_shape=(4, 4, 1), num_classes=3, hidden=(8,)), "relu1")

@@ -11,13 +11,13 @@ import optax
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from attacks import Observation, build_attack, evaluate_attack, observe, observe_tap, tap_targets
-from workbench import metrics
-from workbench.data import load
-from workbench.models import make_model
-from workbench.protocol import SplitTrainer
-from workbench.split import join_params, partition_params, split
-from workbench.training import fit
+from split_workbench.attacks import Observation, build_attack, evaluate_attack, observe, observe_tap, tap_targets
+from split_workbench import metrics
+from split_workbench.data import load
+from split_workbench.models import make_model
+from split_workbench.protocol import SplitTrainer
+from split_workbench.split import join_params, partition_params, split
+from split_workbench.training import fit
 
 N_TARGETS = 16
 

@@ -1,4 +1,4 @@
-"""Tests for workbench.data: real loaders, strict format parsing, batching, splits, partitions."""
+"""Tests for split_workbench.data: real loaders, strict format parsing, batching, splits, partitions."""
 
 import gzip
 import json
@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-import workbench.data.loaders as loaders_mod
-from workbench.data import (Dataset, DatasetFormatError, DatasetInfo, DatasetNotFoundError, available,
+import split_workbench.data.loaders as loaders_mod
+from split_workbench.data import (Dataset, DatasetFormatError, DatasetInfo, DatasetNotFoundError, available,
                             label_entropy, list_datasets, load, parse_idx, partition_dirichlet, partition_iid,
                             register_dataset, search_dirs, shuffled_batches, split_aux, split_indices, subset)
 

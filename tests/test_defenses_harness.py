@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import defenses
-from defenses import DEFENSES, build_defense, combine, is_identity
-from workbench.registry import SpecError
-from workbench.training import TrainConfig, build_trainer, fit
+from split_workbench import defenses
+from split_workbench.defenses import DEFENSES, build_defense, combine, is_identity
+from split_workbench.registry import SpecError
+from split_workbench.training import fit
+from split_workbench.orchestration.runs import TrainConfig, build_trainer
 
 # name: (spec, zero-strength spec or None, random)
 HARNESS = {

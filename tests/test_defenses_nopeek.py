@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from defenses import build_defense
-from workbench.data import load
-from workbench.metrics import distance_correlation, distance_correlation_squared_distances
-from workbench.training import TrainConfig, train
+from split_workbench.defenses import build_defense
+from split_workbench.data import load
+from split_workbench.metrics import distance_correlation, distance_correlation_squared_distances
+from split_workbench.orchestration.runs import TrainConfig, train
 
 
 def _dcor_reference(x, y, squared=False):

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from defenses import build_defense
-from defenses.compression import index_bytes, topk_k
-from defenses.label_leakage import max_norm_noise
-from workbench.training import TrainConfig, build_trainer
+from split_workbench.defenses import build_defense
+from split_workbench.defenses.compression import index_bytes, topk_k
+from split_workbench.defenses.label_leakage import max_norm_noise
+from split_workbench.orchestration.runs import TrainConfig, build_trainer
 
 N = 200_000
 

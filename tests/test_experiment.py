@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.experiment import ExperimentSpec, SpecError, load_spec, record_path
-from workbench.report import _mean_ci, write_report
-from workbench.runner import clear_training_cache, run_experiment
-from workbench.sweep import expand_grid, parse_grid, run_sweep
+from split_workbench.orchestration.experiment import ExperimentSpec, SpecError, load_spec, record_path
+from split_workbench.orchestration.report import _mean_ci, write_report
+from split_workbench.orchestration.runner import clear_training_cache, run_experiment
+from split_workbench.orchestration.sweep import expand_grid, parse_grid, run_sweep
 
 TINY = ExperimentSpec(data="digits", model="mlp", cut="relu1", epochs=1, batch_size=64, aux_size=100, targets=4,
                       attacks=("rmle(steps=20)",))
@@ -143,8 +143,8 @@ def test_vmapped_strengths_match_one_by_one(tmp_path):
 
 
 def test_strength_groups():
-    from defenses.registry import strength_split
-    from workbench.sweep import _group_key
+    from split_workbench.defenses.registry import strength_split
+    from split_workbench.orchestration.sweep import _group_key
 
     assert strength_split("laplace_noise(scale=0.5)") == ("laplace_noise(scale='<vmapped>')", {"scale": 0.5})
     assert strength_split("laplace_noise") == ("laplace_noise(scale='<vmapped>')", {"scale": 0.5})
@@ -161,8 +161,8 @@ def test_strength_groups():
 def test_sweep_killed_and_restarted_records_each_run_once(tmp_path):
     out = tmp_path / "sweep"
     script = textwrap.dedent(f"""
-        from workbench.experiment import ExperimentSpec
-        from workbench.sweep import expand_grid, parse_grid, run_sweep
+        from split_workbench.orchestration.experiment import ExperimentSpec
+        from split_workbench.orchestration.sweep import expand_grid, parse_grid, run_sweep
         base = ExperimentSpec(**{TINY.to_dict()!r})
         specs = expand_grid(base, parse_grid(["seed=0|1|2|3"]))
         run_sweep(specs, {str(out)!r}, vmap_seeds=False)

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from defenses import build_defense, combine
-from defenses.label_leakage import MarvellState, marvell_noise, marvell_solve, marvell_sum_kl
-from workbench.metrics import roc_auc
-from workbench.registry import SpecError
-from workbench.training import TrainConfig, build_trainer, fit
-from workbench.wire import Wire
+from split_workbench.defenses import build_defense, combine
+from split_workbench.defenses.label_leakage import MarvellState, marvell_noise, marvell_solve, marvell_sum_kl
+from split_workbench.metrics import roc_auc
+from split_workbench.registry import SpecError
+from split_workbench.training import fit
+from split_workbench.orchestration.runs import TrainConfig, build_trainer
+from split_workbench.wire import Wire
 
 
 def _sum_kl_np(lam, u, v, n, g):
@@ -179,7 +180,7 @@ def _config(spec, classes):
 
 
 def test_spec_validation_refuses_a_multiclass_dataset():
-    from workbench.experiment import ExperimentSpec
+    from split_workbench.orchestration.experiment import ExperimentSpec
 
     with pytest.raises(SpecError, match="binary"):
         ExperimentSpec(data="digits", defenses=("marvell(scale=1.0)",)).validate()

@@ -1,4 +1,4 @@
-"""workbench.metrics against scikit-image / scikit-learn and direct references."""
+"""split_workbench.metrics against scikit-image / scikit-learn and direct references."""
 
 import warnings
 
@@ -11,7 +11,7 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import roc_auc_score
 
-from workbench import metrics as M
+from split_workbench import metrics as M
 
 ATOL = 1e-4
 

@@ -1,4 +1,4 @@
-"""workbench.ops.conv_general_dilated: the same values and gradients as lax, and fast
+"""split_workbench.ops.conv_general_dilated: the same values and gradients as lax, and fast
 gradients inside lax.scan (the reason it exists)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from workbench.ops import conv_general_dilated, conv_kwargs
+from split_workbench.ops import conv_general_dilated, conv_kwargs
 
 DN = ("NHWC", "HWIO", "NHWC")
 CASES = [  # (in_hw, k_hw, strides, padding, lhs_dilation, rhs_dilation)

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from workbench import paper_cli
+from split_workbench.orchestration import paper_cli
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from workbench import paper_cli
+from split_workbench.orchestration import paper_cli
 
 
 def _common():
@@ -37,7 +37,7 @@ def test_every_paper_has_specs_expected_and_readme():
 
 
 def test_he2019_specs_validate_including_cifar_configs():
-    from workbench.experiment import load_spec
+    from split_workbench.orchestration.experiment import load_spec
 
     c = _common()
     for f in c.spec_files("he2019"):
@@ -75,7 +75,7 @@ def test_he2019_rmle_directions_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in paper_cli.list_papers() if n != "dp_yardstick"])
 def test_paper_smoke_claims(name, tmp_path):
-    from workbench.data import DatasetNotFoundError
+    from split_workbench.data import DatasetNotFoundError
 
     try:
         s = paper_cli.run_paper(name, smoke=True, out=tmp_path)

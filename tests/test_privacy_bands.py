@@ -10,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from attacks import build_attack
-from attacks.base import Observation
-from defenses import build_defense
-from defenses.accounting import Schedule, calibrate_noise
-from workbench.data import available, load
-from workbench.metrics import ssim
-from workbench.training import TrainConfig, build_trainer, fit
+from split_workbench.attacks import build_attack
+from split_workbench.attacks.base import Observation
+from split_workbench.defenses import build_defense
+from split_workbench.defenses.accounting import Schedule, calibrate_noise
+from split_workbench.data import available, load
+from split_workbench.metrics import ssim
+from split_workbench.training import fit
+from split_workbench.orchestration.runs import TrainConfig, build_trainer
 
 N, B, DELTA = 3000, 32, 1e-5
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from defenses import build_defense, clip_per_example, clip_tree_per_example
-from defenses.accounting import Schedule, calibrate_noise, epsilon, privacy_report
+from split_workbench.defenses import build_defense, clip_per_example, clip_tree_per_example
+from split_workbench.defenses.accounting import Schedule, calibrate_noise, epsilon, privacy_report
 
 F32_EPS = float(jnp.finfo(jnp.float32).eps)
 

@@ -7,11 +7,11 @@ import optax
 import pytest
 from flax import nnx
 
-from defenses.base import CutTransform, LossTerm
-from workbench.models import list_models, make_model
-from workbench.protocol import SplitTrainer, cross_entropy
-from workbench.split import join_params, split
-from workbench.wire import Wire
+from split_workbench.defenses.base import CutTransform, LossTerm
+from split_workbench.models import list_models, make_model
+from split_workbench.protocol import SplitTrainer, cross_entropy
+from split_workbench.split import join_params, split
+from split_workbench.wire import Wire
 
 # Small inputs keep the exhaustive (model x cut) sweep fast; the architectures are unchanged.
 SHAPES = {"he2019-lenet": (16, 16, 1), "he2019-cifar": (8, 8, 3), "titcombe2021-mnist": (8, 8, 1),

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from workbench.models import Sequential, make_model, relu
-from workbench.registry import Registry, SpecError, parse_spec
-from workbench.split import split
+from split_workbench.models import Sequential, make_model, relu
+from split_workbench.registry import Registry, SpecError, parse_spec
+from split_workbench.split import split
 
 
 @pytest.fixture(scope="module")

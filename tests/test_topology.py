@@ -7,14 +7,14 @@ import numpy as np
 import optax
 import pytest
 
-from workbench.data import load
-from workbench.models import make_model
-from workbench.protocol import cross_entropy
-from workbench.split import split
-from workbench.topology import (Task, UShapedTrainer, VerticalTrainer, epoch_plan, fedavg, make_clients, make_vertical,
+from split_workbench.data import load
+from split_workbench.models import make_model
+from split_workbench.protocol import cross_entropy
+from split_workbench.split import split
+from split_workbench.topology import (Task, UShapedTrainer, VerticalTrainer, epoch_plan, fedavg, make_clients, make_vertical,
                                 plan_key, same_optimizer_trainer, sflv1_epoch, split_learning, splitfed_v1,
                                 splitfed_v2, step_keys, tree_nbytes, u_shaped, u_split, vertical)
-from workbench.topology.clients import tree_broadcast
+from split_workbench.topology.clients import tree_broadcast
 
 B = 16
 
@@ -80,7 +80,7 @@ def test_splitfed_and_fedavg_bytes_equal_the_formula(setup):
 
 
 def test_flops_of_the_parts_add_up_to_the_whole(setup):
-    from workbench.topology import whole_train_flops
+    from split_workbench.topology import whole_train_flops
     _, sm, _, _ = setup
     fl = sm.flops()
     whole = whole_train_flops(sm.apply, sm.params, sm.input_shape)

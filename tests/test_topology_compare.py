@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from workbench.data import available
-from workbench.topology.compare import SMOKE, CompareConfig, compare, crossover
+from split_workbench.data import available
+from split_workbench.topology.compare import SMOKE, CompareConfig, compare, crossover
 
 needs_fashion = pytest.mark.skipif(not available("fashion-mnist"),
                                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
@@ -37,7 +37,7 @@ def test_compare_writes_tables_plot_and_a_crossover_that_matches_the_measurement
 @needs_fashion
 @pytest.mark.slow
 def test_cli_smoke(tmp_path):
-    from workbench.cli import main
+    from split_workbench.orchestration.cli import main
 
     assert main(["compare", "--smoke", "--quiet", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "comparison.md").is_file()

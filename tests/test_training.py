@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from workbench import cli
-from workbench.training import TrainConfig, load_run, save_run, train
+from split_workbench.orchestration import cli
+from split_workbench.orchestration.runs import TrainConfig, load_run, save_run, train
 
 
 @pytest.fixture(scope="module")

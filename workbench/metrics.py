@@ -7,7 +7,6 @@ Images are float32 NHWC arrays in [0, 1]; per-image metrics return shape (N,).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 

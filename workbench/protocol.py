@@ -15,17 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from defenses.base import GradPrivatizer, LossTerm
-from workbench.data.base import shuffled_batches
-from workbench.split import SplitModel
-from workbench.wire import Tap, Traffic, Wire, WireState
+from split_workbench.data.base import shuffled_batches
+from split_workbench.split import SplitModel
+from split_workbench.transforms import GradPrivatizer, LossTerm
+from split_workbench.wire import Tap, Traffic, Wire, WireState
 
 __all__ = ["SplitState", "StepMetrics", "Observed", "SplitTrainer", "cross_entropy"]
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from workbench.models.base import Block, Sequential
+from split_workbench.models.base import Block, Sequential
 
 __all__ = ["Half", "SplitModel", "split", "join_params", "partition_params", "count_params"]
 
@@ -163,7 +163,7 @@ def _as_sequential(model, input_shape) -> Sequential:
         return model
     if isinstance(model, Sequence) and all(isinstance(p, tuple) and len(p) == 2 for p in model):
         return Sequential(list(model), input_shape=input_shape)
-    raise TypeError("split() takes a workbench.models.Sequential or a sequence of (name, block) pairs, "
+    raise TypeError("split() takes a split_workbench.models.Sequential or a sequence of (name, block) pairs, "
                     f"got {type(model).__name__}")
 
 
@@ -185,7 +185,7 @@ def split(model, cut: str | int, *, input_shape: tuple[int, ...] | None = None) 
     """Cuts ``model`` after block ``cut`` (a name or a 1-based index).
 
     Args:
-      model: a ``Sequential`` of named blocks (see ``workbench.models``), or a sequence of
+      model: a ``Sequential`` of named blocks (see ``split_workbench.models``), or a sequence of
         ``(name, block)`` pairs where a block is an ``nnx.Module`` or a pure callable.
       cut: the name of the last client block, or the number of client blocks.
       input_shape: one example's shape (H, W, C); defaults to the model's ``input_shape``.

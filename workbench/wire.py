@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from defenses.base import CutTransform, identity, is_identity, message_nbytes
+from split_workbench.transforms import CutTransform, identity, is_identity, message_nbytes
 
 __all__ = ["Wire", "WireState", "Traffic", "Tap"]
 

@@ -16,7 +16,7 @@ def cases() -> dict:
 
 
 def run(out_dir: Path, smoke: bool) -> dict:
-    from defenses.accounting import Schedule, calibrate_noise, epsilon
+    from split_workbench.defenses.accounting import Schedule, calibrate_noise, epsilon
 
     cfg = cases()
     n, b, delta = cfg["dataset_size"], cfg["batch_size"], cfg["delta"]

@@ -35,7 +35,7 @@ def base_spec(smoke: bool):
 
 def binary_task(positive: int, train_size: int | None = None):
     """Fashion-MNIST relabelled ``y -> (y == positive)``: (x_train, y_train, x_test, y_test)."""
-    from workbench.data import load
+    from split_workbench.data import load
 
     ds = load("fashion-mnist")
     x, y = ds.x_train, (ds.y_train == positive).astype(np.int32)
@@ -46,8 +46,8 @@ def binary_task(positive: int, train_size: int | None = None):
 
 def trainer_for(spec, defenses, *, seed: int):
     """The split trainer of ``spec`` for the binary task, with ``defenses`` on the wire."""
-    from workbench.models import MODELS
-    from workbench.training import TrainConfig, build_trainer
+    from split_workbench.models import MODELS
+    from split_workbench.orchestration.runs import TrainConfig, build_trainer
 
     config = TrainConfig(data=spec.data, model=spec.model,
                          cut=spec.cut if spec.cut is not None else MODELS[spec.model].default_cut,
@@ -66,8 +66,8 @@ def leak_aucs(tap_list, milestones, window: int) -> tuple[dict, dict]:
     gradient norms of positives and negatives over all tapped steps (for the histogram)."""
     import jax.numpy as jnp
 
-    from attacks.label_leak import cosine_scores, norm_scores
-    from workbench.metrics import roc_auc
+    from split_workbench.attacks.label_leak import cosine_scores, norm_scores
+    from split_workbench.metrics import roc_auc
 
     steps = np.concatenate([np.asarray(t.steps) for t in tap_list])
     g_TxBxD = np.concatenate([np.asarray(t.cut_grads) for t in tap_list])
@@ -88,7 +88,7 @@ def test_utility(trainer, params, x_test, y_test) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from workbench.metrics import roc_auc
+    from split_workbench.metrics import roc_auc
 
     logits = jax.jit(trainer.model.apply)(params, jnp.asarray(x_test))
     return {"test_auc": float(roc_auc(jax.nn.softmax(logits)[:, 1], y_test)),
@@ -100,7 +100,7 @@ def train_arm(spec, defenses, data, *, milestones, window: int, seeds=(0,)) -> d
     returns per-seed leak AUCs, utility, gradient norms and seconds."""
     import jax
 
-    from workbench.training import fit
+    from split_workbench.training import fit
 
     x, y, x_test, y_test = data
     trainer = trainer_for(spec, defenses, seed=seeds[0])

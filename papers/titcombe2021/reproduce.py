@@ -53,7 +53,7 @@ def attack_dcor(images: dict) -> float:
     """dCor(x, x_hat) over the targets, squared-distance variant (their attack measure)."""
     import jax.numpy as jnp
 
-    from workbench.metrics import distance_correlation_squared_distances
+    from split_workbench.metrics import distance_correlation_squared_distances
 
     (recon,) = [v for k, v in images.items() if k != "original"]
     return float(distance_correlation_squared_distances(jnp.asarray(images["original"]), jnp.asarray(recon)))

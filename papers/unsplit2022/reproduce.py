@@ -63,8 +63,8 @@ def label_inference(spec, attack_spec: str) -> dict:
     the label party's last layer (our server). Returns accuracies, predictions, seconds."""
     import jax
 
-    from attacks import build_attack
-    from workbench.runner import observation, prepare, train_stage
+    from split_workbench.attacks import build_attack
+    from split_workbench.orchestration.runner import observation, prepare, train_stage
 
     with _common.Timer() as t_train:
         p = prepare(spec)
@@ -91,7 +91,7 @@ def _baselines(x) -> dict:
     """MSE/SSIM of the attack's start (constant 0.5) and of an all-black image."""
     import jax.numpy as jnp
 
-    from workbench import metrics
+    from split_workbench import metrics
 
     x = jnp.asarray(x, jnp.float32)
     out = {}

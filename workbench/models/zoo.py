@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import jax
 from flax import nnx
 
-from workbench.models.base import (
+from split_workbench.models.base import (
     Sequential,
     flatten,
     global_avg_pool,
@@ -24,7 +24,7 @@ from workbench.models.base import (
     sigmoid,
     tanh,
 )
-from workbench.ops import conv_kwargs
+from split_workbench.ops import conv_kwargs
 
 __all__ = ["ModelInfo", "make_model", "list_models", "register_model", "MODELS"]
 

@@ -1,14 +1,30 @@
 """Many clients: round-robin split learning, SplitFed V1/V2, U-shaped and vertical split
 learning, and a FedAvg baseline, each with measured bytes, FLOPs and simulated wall time."""
 
-from workbench.topology.accounting import KINDS, Ledger, NetworkModel, TopologyResult, cost_flops, whole_train_flops
-from workbench.topology.clients import (Clients, Task, accuracy, epoch_plan, make_clients, plan_key, step_keys,
-                                        tree_nbytes, tree_weighted_mean)
-from workbench.topology.fedavg import fedavg, local_training
-from workbench.topology.sequential import same_optimizer_trainer, split_learning, splitfed_v2, turn
-from workbench.topology.splitfed import sflv1_epoch, splitfed_v1
-from workbench.topology.ushaped import UShapedModel, UShapedTrainer, u_shaped, u_split
-from workbench.topology.vertical import VerticalModel, VerticalTrainer, make_vertical, strips, vertical
+from split_workbench.topology.accounting import (
+                                        KINDS,
+                                        Ledger,
+                                        NetworkModel,
+                                        TopologyResult,
+                                        cost_flops,
+                                        whole_train_flops,
+)
+from split_workbench.topology.clients import (
+                                        Clients,
+                                        Task,
+                                        accuracy,
+                                        epoch_plan,
+                                        make_clients,
+                                        plan_key,
+                                        step_keys,
+                                        tree_nbytes,
+                                        tree_weighted_mean,
+)
+from split_workbench.topology.fedavg import fedavg, local_training
+from split_workbench.topology.sequential import same_optimizer_trainer, split_learning, splitfed_v2, turn
+from split_workbench.topology.splitfed import sflv1_epoch, splitfed_v1
+from split_workbench.topology.ushaped import UShapedModel, UShapedTrainer, u_shaped, u_split
+from split_workbench.topology.vertical import VerticalModel, VerticalTrainer, make_vertical, strips, vertical
 
 __all__ = [
     "KINDS", "Clients", "Ledger", "NetworkModel", "Task", "TopologyResult", "accuracy", "cost_flops",

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.data import partition_dirichlet, partition_iid
+from split_workbench.data import partition_dirichlet, partition_iid
 
 __all__ = ["Clients", "Task", "make_clients", "epoch_plan", "plan_key", "step_keys", "tree_stack", "tree_unstack", "tree_broadcast",
            "tree_weighted_mean", "tree_where", "tree_nbytes", "accuracy"]
@@ -77,7 +77,7 @@ class Clients:
 def make_clients(labels, num_clients: int, *, key: jax.Array, batch_size: int,
                  alpha: float | None = None) -> Clients:
     """Partitions ``labels``' examples over ``num_clients`` clients: IID if ``alpha`` is None,
-    else Dirichlet(alpha) label skew (``workbench.data.partition_dirichlet``)."""
+    else Dirichlet(alpha) label skew (``split_workbench.data.partition_dirichlet``)."""
     labels = np.asarray(labels)
     if alpha is None:
         parts, scheme = partition_iid(labels, num_clients, key=key), "iid"

@@ -14,6 +14,7 @@ same batches, same initial model, same optimizer, equal epochs), and writes:
 from __future__ import annotations
 
 import json
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,16 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
+from matplotlib.figure import Figure
 
-from workbench.data import load, subset
-from workbench.models import MODELS, make_model
-from workbench.split import split
-from workbench.topology.accounting import NetworkModel
-from workbench.topology.clients import Task, make_clients
-from workbench.topology.fedavg import fedavg
-from workbench.topology.sequential import same_optimizer_trainer, split_learning
-from workbench.topology.splitfed import splitfed_v1
+from split_workbench.data import load, subset
+from split_workbench.models import MODELS, make_model
+from split_workbench.split import split
+from split_workbench.topology.accounting import NetworkModel
+from split_workbench.topology.clients import Task, make_clients
+from split_workbench.topology.fedavg import fedavg
+from split_workbench.topology.sequential import same_optimizer_trainer, split_learning
+from split_workbench.topology.splitfed import splitfed_v1
 
 __all__ = ["CompareConfig", "compare", "SMOKE", "DEFAULT"]
 
@@ -177,7 +179,6 @@ def _write(out: Path, records: list[dict], cfg: CompareConfig, info: dict) -> di
 
 
 def _plot(out: Path, records: list[dict], cross: dict) -> None:
-    from matplotlib.figure import Figure  # no pyplot: the process's backend stays as it is
 
     models = list(cross)
     fig = Figure(figsize=(5.5 * len(models), 4))
@@ -204,7 +205,6 @@ def _plot(out: Path, records: list[dict], cross: dict) -> None:
 
 def compare(out, *, config: CompareConfig = DEFAULT, log=print) -> dict:
     """Runs the comparison and writes ``results.json``, ``comparison.md`` and the plot to ``out``."""
-    import platform
 
     info = {"platform": platform.platform(), "jax": jax.__version__, "backend": jax.default_backend()}
     t0 = time.perf_counter()

@@ -20,11 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workbench.protocol import cross_entropy
-from workbench.split import SplitModel
-from workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult, whole_train_flops
-from workbench.topology.clients import (Task, accuracy, epoch_plan, plan_key, step_keys, tree_broadcast,
-                                        tree_nbytes, tree_weighted_mean)
+from split_workbench.protocol import cross_entropy
+from split_workbench.split import SplitModel
+from split_workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult, whole_train_flops
+from split_workbench.topology.clients import (
+    Task,
+    accuracy,
+    epoch_plan,
+    plan_key,
+    step_keys,
+    tree_broadcast,
+    tree_nbytes,
+    tree_weighted_mean,
+)
 
 __all__ = ["fedavg", "local_training"]
 

@@ -28,10 +28,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workbench.protocol import SplitState, SplitTrainer, StepMetrics
-from workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult
-from workbench.topology.clients import (Task, accuracy, epoch_plan, plan_key, step_keys, tree_nbytes,
-                                        tree_stack, tree_weighted_mean)
+from split_workbench.protocol import SplitState, SplitTrainer, StepMetrics
+from split_workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult
+from split_workbench.topology.clients import (
+    Task,
+    accuracy,
+    epoch_plan,
+    plan_key,
+    step_keys,
+    tree_nbytes,
+    tree_stack,
+    tree_weighted_mean,
+)
 
 __all__ = ["split_learning", "splitfed_v2", "turn"]
 

@@ -19,10 +19,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workbench.protocol import SplitTrainer
-from workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult
-from workbench.topology.clients import (Task, accuracy, epoch_plan, plan_key, step_keys, tree_broadcast,
-                                        tree_nbytes, tree_weighted_mean)
+from split_workbench.protocol import SplitTrainer
+from split_workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult
+from split_workbench.topology.clients import (
+    Task,
+    accuracy,
+    epoch_plan,
+    plan_key,
+    step_keys,
+    tree_broadcast,
+    tree_nbytes,
+    tree_weighted_mean,
+)
 
 __all__ = ["splitfed_v1", "sflv1_epoch"]
 

@@ -24,10 +24,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from workbench.protocol import cross_entropy
-from workbench.split import Half, count_params, split
-from workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult, cost_flops
-from workbench.topology.clients import Task, accuracy, epoch_plan, plan_key, tree_nbytes
+from split_workbench.protocol import cross_entropy
+from split_workbench.split import Half, count_params, split
+from split_workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult, cost_flops
+from split_workbench.topology.clients import Task, accuracy, epoch_plan, plan_key, tree_nbytes
 
 __all__ = ["UShapedModel", "u_split", "UShapedTrainer", "u_shaped"]
 

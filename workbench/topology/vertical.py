@@ -19,11 +19,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from workbench.models.base import Sequential, flatten, relu
-from workbench.protocol import cross_entropy
-from workbench.split import Half, count_params, split
-from workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult, cost_flops
-from workbench.topology.clients import accuracy
+from split_workbench.data.base import shuffled_batches
+from split_workbench.models.base import Sequential, flatten, relu
+from split_workbench.protocol import cross_entropy
+from split_workbench.split import Half, count_params, split
+from split_workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult, cost_flops
+from split_workbench.topology.clients import accuracy
 
 __all__ = ["VerticalModel", "make_vertical", "VerticalTrainer", "vertical", "strips"]
 
@@ -115,7 +116,6 @@ class VerticalTrainer:
         return fn(params, opt_state, x_all, y_all, key)
 
     def _epoch(self, params, opt_state, x_all, y_all, key, batch_size):
-        from workbench.data.base import shuffled_batches
         ids_SxB = shuffled_batches(x_all.shape[0], batch_size, key=key)
 
         def body(carry, ids):

@@ -8,6 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from split_workbench.orchestration.experiment import ExperimentSpec, SpecError, load_spec
+from split_workbench.orchestration.report import write_report
+from split_workbench.orchestration.runner import run_experiment
+from split_workbench.orchestration.sweep import expand_grid, parse_grid, run_sweep
+
 EPILOG = """examples:
   split-workbench run scripts/demo.toml --set epochs=5 --set "defense=nopeek(alpha=1.0)"
   split-workbench sweep scripts/demo.toml --grid "seed=0|1|2" --grid "defense=none|laplace_noise(scale=0.5)" --out results/sw
@@ -16,15 +21,12 @@ EPILOG = """examples:
 
 
 def _spec(args):
-    from workbench.experiment import ExperimentSpec, load_spec
 
     spec = load_spec(args.spec) if args.spec else ExperimentSpec()
     return spec.with_overrides(args.set or [])
 
 
 def cmd_run(args) -> int:
-    from workbench.experiment import SpecError
-    from workbench.runner import run_experiment
 
     try:
         spec = _spec(args).validate()
@@ -49,9 +51,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from workbench.experiment import SpecError
-    from workbench.report import write_report
-    from workbench.sweep import expand_grid, parse_grid, run_sweep
 
     try:
         specs = expand_grid(_spec(args), parse_grid(args.grid or []))
@@ -67,7 +66,6 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from workbench.report import write_report
 
     try:
         path = write_report(args.run_dir, args.out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -14,9 +15,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.image import imsave
 
-from workbench import metrics
-from workbench.experiment import ExperimentSpec, package_versions, record_path
+from split_workbench import metrics
+from split_workbench.attacks import build_attack
+from split_workbench.attacks.base import OBSERVATION_FIELDS
+from split_workbench.data import load, split_aux
+from split_workbench.defenses import build_defense
+from split_workbench.models import MODELS
+from split_workbench.observation import observe
+from split_workbench.orchestration.experiment import ExperimentSpec, package_versions, record_path
+from split_workbench.orchestration.runs import TrainConfig, build_trainer
+from split_workbench.training import fit
 
 __all__ = ["Prepared", "prepare", "train_stage", "training_hash", "shares_training", "observation", "evaluate_stage",
            "run_experiment", "write_record", "NOT_TRAINING_FIELDS", "clear_training_cache"]
@@ -39,9 +49,6 @@ class Prepared:
 def prepare(spec: ExperimentSpec) -> Prepared:
     """Validates the spec, loads the data, carves the attacker's auxiliary set out of the
     training set (disjoint from the private data) and builds the trainer."""
-    from workbench.data import load, split_aux
-    from workbench.models import MODELS
-    from workbench.training import TrainConfig, build_trainer
 
     spec.validate()
     key = jax.random.key(spec.seed)
@@ -76,7 +83,6 @@ _LAST_TRAINED: dict[str, Any] = {}  # training hash -> FitResult; only the last 
 def training_hash(spec: ExperimentSpec) -> str:
     """Hash of the fields that decide the trained model (``spec.hash()`` without
     ``NOT_TRAINING_FIELDS``)."""
-    import hashlib
 
     d = {k: v for k, v in spec.to_dict().items() if k not in NOT_TRAINING_FIELDS}
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
@@ -97,7 +103,6 @@ def train_stage(p: Prepared, *, progress: bool = False):
     """Trains the spec's model. The last trained model is kept in memory: a spec that differs
     from the previous one only in ``NOT_TRAINING_FIELDS`` reuses it (training is
     deterministic given those fields, so the result is the same)."""
-    from workbench.training import fit
 
     h = training_hash(p.spec)
     if h in _LAST_TRAINED:
@@ -113,8 +118,6 @@ def observation(p: Prepared, state, key):
     """Everything any adversary could be granted on the spec's targets (the first private
     training examples, in the seeded shuffle of ``prepare``), through the wire the spec observes; each attack then gets
     ``.only(attack.needs)``. Returns ``(observation, x_targets, y_targets)``."""
-    from attacks.base import OBSERVATION_FIELDS
-    from attacks.observe import observe
 
     n = p.spec.targets
     x_t, y_t = jnp.asarray(p.x_train[:n]), jnp.asarray(p.y_train[:n])
@@ -143,8 +146,6 @@ def _score_label(output, y_true, num_classes) -> dict:
 
 def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) -> tuple[dict, dict]:
     """Accuracy, dCor, privacy accounting and every attack; returns (record, reconstructions)."""
-    from attacks import build_attack
-    from defenses import build_defense
 
     spec, trainer = p.spec, p.trainer
     key = jax.random.fold_in(jax.random.key(spec.seed), 3)
@@ -204,7 +205,6 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
 
 
 def _grid_png(images: dict[str, np.ndarray], path: Path, columns: int = 8) -> None:
-    from matplotlib.image import imsave
 
     rows = []
     for x in images.values():

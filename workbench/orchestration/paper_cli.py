@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,10 +25,8 @@ __all__ = ["papers_dir", "list_papers", "load_paper", "run_paper", "add_subcomma
 
 def papers_dir() -> Path:
     """papers/ of the repository (next to workbench/), or $SPLIT_WORKBENCH_PAPERS."""
-    import os
-
     env = os.environ.get("SPLIT_WORKBENCH_PAPERS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "papers"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "papers"
 
 
 def list_papers() -> list[str]:
@@ -51,7 +50,7 @@ def load_paper(name: str):
 def run_paper(name: str, *, smoke: bool = False, out: str | Path | None = None) -> dict:
     """Regenerates papers/<name>: returns the summary written to <out>/results.json."""
     module = load_paper(name)
-    import _common
+    _common = importlib.import_module("_common")  # papers/_common.py, on sys.path once load_paper ran
 
     out = Path(out) if out else papers_dir() / name / "results" / ("smoke" if smoke else "full")
     out.mkdir(parents=True, exist_ok=True)

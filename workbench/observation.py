@@ -1,5 +1,5 @@
-"""From a trained split model (or a training tap) to the Observation a threat model grants,
-and scoring of an attack against the private truth.
+"""What an adversary observes: the ``Observation``, and how it is built from what crossed the
+wire (a training tap) or from a trained split model under a threat model's grants.
 
 ``observe`` grants exactly the fields named in ``grants`` and nothing else: an attack that
 needs more is refused by ``AbstractAttack.__call__`` with ``MissingObservation``.
@@ -7,19 +7,65 @@ needs more is refused by ``AbstractAttack.__call__`` with ``MissingObservation``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attacks.base import OBSERVATION_FIELDS, AbstractAttack, Observation
-from workbench import metrics
-from workbench.protocol import SplitTrainer
-from workbench.wire import Tap
+from split_workbench.protocol import SplitTrainer
+from split_workbench.wire import Tap
 
-__all__ = ["observe", "observe_tap", "tap_targets", "evaluate_attack", "wire_query"]
+__all__ = ["Observation", "OBSERVATION_FIELDS", "observe", "observe_tap", "tap_targets", "wire_query"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What an honest-but-curious party observes, plus what its threat model grants.
+
+    Attributes:
+      smash: the smash data as it crossed the wire (after the client's defenses), (N, *smash_shape).
+      labels: the labels of the observed examples (the server sees them in vanilla split learning).
+      cut_grads: the cut gradients as they crossed the wire (after the server's defenses).
+      client_apply: the client architecture, as a pure ``apply(params, x)`` (needs params to run).
+      client_params: the client's parameters (white-box).
+      client_init: a fresh client parameter pytree of the right structure (architecture knowledge).
+      query: black-box access to the client: ``query(x) -> smash`` as the wire would carry it.
+      aux_x, aux_y: auxiliary data the attacker holds, disjoint from the private data.
+      server_apply, server_params: the server's model (the server is the attacker).
+      input_shape: the shape of one private input (H, W, C).
+    """
+
+    smash: jax.Array | None = None
+    labels: jax.Array | None = None
+    cut_grads: jax.Array | None = None
+    client_apply: Callable | None = None
+    client_params: Any = None
+    client_init: Any = None
+    query: Callable | None = None
+    aux_x: jax.Array | None = None
+    aux_y: jax.Array | None = None
+    server_apply: Callable | None = None
+    server_params: Any = None
+    input_shape: tuple[int, ...] | None = None
+
+    def only(self, fields: frozenset[str] | set[str]) -> "Observation":
+        """A copy holding only ``fields`` (and ``input_shape``): what a given attack may see."""
+        unknown = set(fields) - set(OBSERVATION_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown observation fields {sorted(unknown)}; known: {OBSERVATION_FIELDS}")
+        keep = set(fields) | {"input_shape"}
+        return dataclasses.replace(self, **{f: None for f in OBSERVATION_FIELDS if f not in keep})
+
+    def available(self) -> frozenset[str]:
+        return frozenset(f for f in OBSERVATION_FIELDS if getattr(self, f) is not None)
+
+
+OBSERVATION_FIELDS = tuple(f.name for f in dataclasses.fields(Observation))
+
 
 
 def _check_grants(grants: Iterable[str]) -> frozenset[str]:
@@ -159,35 +205,3 @@ def tap_targets(tap: Tap, step: int, x_train) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"step {step} was not tapped; tapped steps: {steps}")
     ids = np.asarray(tap.example_ids[steps.index(step)])
     return np.asarray(x_train)[ids], np.asarray(tap.labels[steps.index(step)])
-
-
-def evaluate_attack(attack: AbstractAttack, obs: Observation, truth, *, key: jax.Array,
-                    positive: int = 1) -> dict:
-    """Runs ``attack`` on ``obs`` restricted to its ``needs`` and scores it against ``truth``.
-
-    Inversion attacks: ``truth`` are the private images (N, H, W, C) in [0, 1]; returns mean
-    and per-image ``ssim``, ``psnr`` (dB), ``mse``. Label attacks: ``truth`` are the true
-    labels (N,); returns ``auc`` of the scores for ``labels == positive`` (score outputs) or
-    ``accuracy`` (integer label outputs). Always returns ``seconds`` and the attack's scalar stats.
-    """
-    result = attack(obs.only(attack.needs), key=key)
-    out: dict[str, Any] = {"attack": attack.name, "kind": attack.kind}
-    truth = jnp.asarray(truth)
-    if attack.kind == "inversion":
-        if result.output.shape != truth.shape:
-            raise ValueError(f"{attack.name} returned {result.output.shape}, the truth is {truth.shape}")
-        for name, fn in (("ssim", metrics.ssim), ("psnr", metrics.psnr), ("mse", metrics.mse)):
-            per = np.asarray(fn(result.output, truth.astype(jnp.float32)))
-            out[name] = float(per.mean())
-            out[f"{name}_per_image"] = per.tolist()
-    else:
-        if result.output.shape != truth.shape:
-            raise ValueError(f"{attack.name} returned {result.output.shape}, the labels are {truth.shape}")
-        if jnp.issubdtype(result.output.dtype, jnp.integer):
-            out["accuracy"] = float(jnp.mean(result.output == truth))
-        else:
-            out["auc"] = float(metrics.roc_auc(result.output, (truth == positive).astype(jnp.int32)))
-    for k, v in result.stats.items():
-        if isinstance(v, (int, float)) or (hasattr(v, "shape") and np.shape(v) == ()):
-            out[k] = float(v) if not isinstance(v, int) else v
-    return out

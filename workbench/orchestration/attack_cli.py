@@ -16,6 +16,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import jax
+import numpy as np
+
+from split_workbench.attacks import build_attack, evaluate_attack, observe
+from split_workbench.attacks.registry import ATTACKS
+from split_workbench.data import load, split_aux
+from split_workbench.orchestration.runs import load_run
+from split_workbench.registry import SpecError
+
 __all__ = ["add_subcommand", "cmd_attack"]
 
 
@@ -35,7 +44,6 @@ def add_subcommand(subparsers) -> None:
 
 
 def _target_indices(y_test, spec: str, num_classes: int):
-    import numpy as np
 
     if spec == "per-class":
         idx = [int(np.flatnonzero(y_test == c)[0]) for c in range(num_classes) if np.any(y_test == c)]
@@ -49,14 +57,7 @@ def _target_indices(y_test, spec: str, num_classes: int):
 
 
 def cmd_attack(args) -> int:
-    import jax
-    import numpy as np
 
-    from attacks import build_attack, evaluate_attack, observe
-    from attacks.registry import ATTACKS
-    from workbench.data import load, split_aux
-    from workbench.registry import SpecError
-    from workbench.training import load_run
 
     try:  # every configuration error surfaces before any attack runs
         for spec in args.attack:

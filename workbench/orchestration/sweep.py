@@ -20,11 +20,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from workbench.experiment import ExperimentSpec, SpecError, record_path
-from workbench.progress import Progress
-from workbench.runner import evaluate_stage, prepare, shares_training, train_stage, write_record
+from split_workbench.defenses.base import combine
+from split_workbench.defenses.registry import build_defense, build_defense_traced, strength_split
+from split_workbench.orchestration.experiment import ExperimentSpec, SpecError, record_path
+from split_workbench.orchestration.runner import evaluate_stage, prepare, shares_training, train_stage, write_record
+from split_workbench.progress import Progress
+from split_workbench.wire import Wire
 
 __all__ = ["expand_grid", "parse_grid", "run_sweep", "fit_group", "fit_seeds"]
 
@@ -57,7 +59,6 @@ def _group_key(spec: ExperimentSpec, *, seeds: bool = True, strengths: bool = Tr
     """Specs with the same key train as one vmapped program: they may differ in their seed
     (``seeds``) and in the vmappable strengths of their defenses (``strengths``; see
     ``defenses.registry.vmappable``), nothing else."""
-    from defenses.registry import strength_split
 
     changes = {}
     if seeds:
@@ -68,16 +69,12 @@ def _group_key(spec: ExperimentSpec, *, seeds: bool = True, strengths: bool = Tr
 
 
 def _strengths(spec: ExperimentSpec) -> list[dict[str, float]]:
-    from defenses.registry import strength_split
 
     return [strength_split(d)[1] for d in spec.defenses]
 
 
 def _traced_trainer(p0, values: list[dict]):
     """``p0.trainer`` with its defenses rebuilt from ``values`` (arrays, traced under vmap)."""
-    from defenses.base import combine
-    from defenses.registry import build_defense, build_defense_traced
-    from workbench.wire import Wire
 
     parts = combine([build_defense_traced(d, v) if v else build_defense(d)
                      for d, v in zip(p0.spec.defenses, values)])

@@ -11,11 +11,20 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import sys
 from pathlib import Path
+
+import jax
+
+from split_workbench import attacks, defenses
+from split_workbench.data import available, list_datasets, load
+from split_workbench.defenses import DEFENSES
+from split_workbench.models import MODELS, list_models, make_model
+from split_workbench.orchestration import attack_cli, compare_cli, experiment_cli, paper_cli
+from split_workbench.orchestration.runs import TrainConfig, prepare, save_run, train
+from split_workbench.split import _resolve_cut
 
 __all__ = ["main", "build_parser"]
 
@@ -34,8 +43,6 @@ def _run_name(config) -> str:
 
 
 def cmd_train(args) -> int:
-    from workbench.models import MODELS
-    from workbench.training import TrainConfig, prepare, save_run, train
 
     if args.model not in MODELS:
         print(f"error: unknown model {args.model!r}; known: {sorted(MODELS)}", file=sys.stderr)
@@ -76,9 +83,6 @@ def cmd_train(args) -> int:
 
 def _validate_early(config, data_root) -> None:
     """Fails on a bad dataset, cut or defense before any data is loaded or trained on."""
-    from defenses import DEFENSES
-    from workbench.data import available, list_datasets
-    from workbench.split import _resolve_cut
 
     names = [d["name"] for d in list_datasets(root=data_root)]
     if config.data not in names:
@@ -87,23 +91,16 @@ def _validate_early(config, data_root) -> None:
         DEFENSES.validate(spec)
     _resolve_cut(_model_names(config.model), config.cut)
     if not available(config.data, root=data_root):
-        from workbench.data import load
         load(config.data, root=data_root)  # raises DatasetNotFoundError naming the install command
 
 
 def _model_names(model: str) -> tuple[str, ...]:
     """Block names of a zoo model (they do not depend on the input shape)."""
-    import jax
-    from workbench.models import make_model
 
     return make_model(model, key=jax.random.key(0)).names
 
 
 def cmd_list(args) -> int:
-    import attacks
-    import defenses
-    from workbench.data import list_datasets
-    from workbench.models import list_models
 
     print("models (cut points; * = the paper's cuts):")
     for info in list_models():
@@ -148,13 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--data-root", default=None)
     ls.set_defaults(func=cmd_list)
 
-    for plugin in ("attacks.cli", "workbench.experiment_cli", "workbench.compare_cli", "workbench.paper_cli"):
-        try:
-            module = __import__(plugin, fromlist=["add_subcommand"])
-        except ModuleNotFoundError as e:
-            if e.name != plugin:
-                raise
-            continue
+    for module in (attack_cli, experiment_cli, compare_cli, paper_cli):
         module.add_subcommand(sub)
     return p
 

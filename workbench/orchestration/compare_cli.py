@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from split_workbench.topology.compare import DEFAULT, SMOKE, compare
+
 __all__ = ["add_subcommand", "cmd_compare"]
 
 
 def cmd_compare(args) -> int:
-    from workbench.topology.compare import DEFAULT, SMOKE, compare
 
     cfg = SMOKE if args.smoke else DEFAULT
     changes = {}

@@ -15,28 +15,31 @@ the smash goes through the inference-time transforms instead (collaborative infe
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
-import tempfile
-import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
+import optax
+import skimage
 
-from workbench import metrics
-from workbench.registry import SpecError, parse_spec
+from split_workbench.attacks import ATTACKS
+from split_workbench.data import list_datasets
+from split_workbench.defenses import DEFENSES
+from split_workbench.models import MODELS, make_model
+from split_workbench.registry import SpecError
+from split_workbench.split import _resolve_cut
 
-__all__ = ["ExperimentSpec", "SpecError", "run_experiment", "load_spec", "record_path", "package_versions"]
+__all__ = ["ExperimentSpec", "SpecError", "load_spec", "record_path", "package_versions"]
 
 TOPOLOGIES = ("vanilla",)
 OBSERVE = ("train", "inference")
@@ -119,10 +122,6 @@ class ExperimentSpec:
     # ------------------------------------------------------------ validation
     def validate(self) -> "ExperimentSpec":
         """Checks every field before any work; a bad one raises SpecError naming it."""
-        from attacks import ATTACKS
-        from defenses import DEFENSES
-        from workbench.data import list_datasets
-        from workbench.models import MODELS
 
         ints = {"epochs": 1, "batch_size": 1, "aux_size": 1, "targets": 2, "seed": 0}
         for name, lo in ints.items():
@@ -153,7 +152,6 @@ class ExperimentSpec:
         if not isinstance(self.model_kwargs, dict):
             raise SpecError(f"field 'model_kwargs' must be a table, got {self.model_kwargs!r}")
         cut = self.cut if self.cut is not None else MODELS[self.model].default_cut
-        from workbench.split import _resolve_cut
         names_ = _model_names(self.model, self.model_kwargs)
         try:
             _resolve_cut(names_, cut)
@@ -174,7 +172,6 @@ class ExperimentSpec:
 
 
 def _model_names(model: str, kwargs: dict) -> tuple[str, ...]:
-    from workbench.models import make_model
 
     try:
         return make_model(model, key=jax.random.key(0), **kwargs).names
@@ -183,7 +180,6 @@ def _model_names(model: str, kwargs: dict) -> tuple[str, ...]:
 
 
 def _literal(text: str):
-    import ast
 
     try:
         return ast.literal_eval(text.strip())
@@ -228,9 +224,6 @@ def record_path(out_dir: str | os.PathLike, spec: ExperimentSpec) -> Path:
 
 
 def package_versions() -> dict:
-    import flax
-    import optax
-    import skimage
 
     v = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
          "optax": optax.__version__, "numpy": np.__version__, "scikit-image": skimage.__version__}

@@ -11,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from scipy import stats
 
 __all__ = ["load_records", "summarise", "write_report"]
 
@@ -40,7 +42,6 @@ def _mean_ci(values) -> tuple[float, float, int]:
         return float("nan"), float("nan"), 0
     if v.size == 1:
         return float(v[0]), 0.0, 1
-    from scipy import stats
 
     half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
     return float(v.mean()), float(half), int(v.size)
@@ -91,7 +92,6 @@ def _family(defense: str) -> tuple[str, float]:
 
 
 def _figures(summary: dict, out: Path) -> list[str]:
-    from matplotlib.figure import Figure  # no pyplot: the process's backend (e.g. Jupyter's) stays
 
     files = []
     inv = [a for a in summary["attacks"] if any("ssim_mean" in r["attacks"].get(a, {}) for r in summary["rows"])]
