@@ -109,7 +109,7 @@ def test_compression_gradient_is_straight_through():
     grads, _, _, obs = trainer.compute_grads(state.params, state.wire_state, x, y, key=jax.random.key(1))
     client, p = trainer.model.client, state.params["client"]
     _, vjp = jax.vjp(lambda q: client.apply(q, x), p)
-    (expect,) = vjp(obs.cut_grad)
+    (expect,) = vjp(obs.cut_grads)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), grads["client"], expect)
     # the received smash really is sparse: 4 of 16 values per example
     assert int((np.asarray(obs.smash) != 0).sum(axis=1).max()) <= 4

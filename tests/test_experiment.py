@@ -14,7 +14,7 @@ import pytest
 
 from split_workbench.orchestration.experiment import ExperimentSpec, SpecError, load_spec, record_path
 from split_workbench.orchestration.report import _mean_ci, write_report
-from split_workbench.orchestration.runner import clear_training_cache, run_experiment
+from split_workbench.orchestration.runner import TrainedModels, run_experiment
 from split_workbench.orchestration.sweep import expand_grid, parse_grid, run_sweep
 
 TINY = ExperimentSpec(data="digits", model="mlp", cut="relu1", epochs=1, batch_size=64, aux_size=100, targets=4,
@@ -32,10 +32,8 @@ def _stable(record):
 
 
 def test_same_spec_same_record(tmp_path):
-    clear_training_cache()
     a = run_experiment(TINY, tmp_path / "a")
-    clear_training_cache()  # train b from scratch: determinism of training itself
-    b = run_experiment(TINY, tmp_path / "b")
+    b = run_experiment(TINY, tmp_path / "b")  # no cache: trained from scratch (determinism of training)
     assert "train_path" not in b["timings"]
     assert _stable(a) == _stable(b)  # bitwise: floats compare exactly
     c = run_experiment(TINY.with_overrides(["seed=1"]), tmp_path / "c")
@@ -48,17 +46,16 @@ def test_same_spec_same_record(tmp_path):
 def test_runs_differing_only_in_threat_model_share_the_trained_model(tmp_path):
     """observe / attacks / targets do not change training: the second run reuses the model,
     and its record equals that of a run trained from scratch."""
-    clear_training_cache()
-    run_experiment(TINY, tmp_path / "a")
+    cache = TrainedModels()
+    run_experiment(TINY, tmp_path / "a", cache=cache)
     other = TINY.with_overrides(["observe=inference", "targets=3", "attacks=['rmle(steps=10)']"])
-    shared = run_experiment(other, tmp_path / "a")
+    shared = run_experiment(other, tmp_path / "a", cache=cache)
     assert shared["timings"]["train_path"].startswith("reused")
-    clear_training_cache()
     fresh = run_experiment(other, tmp_path / "fresh")
     assert "train_path" not in fresh["timings"]
     assert _stable(shared) == _stable(fresh)
     # a field training reads (here lr) trains again
-    again = run_experiment(other.with_overrides(["lr=0.01"]), tmp_path / "a")
+    again = run_experiment(other.with_overrides(["lr=0.01"]), tmp_path / "a", cache=cache)
     assert "train_path" not in again["timings"]
 
 

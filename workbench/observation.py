@@ -159,7 +159,7 @@ def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, g
         y = jnp.asarray(y_targets, jnp.int32)
         _, _, _, observed = trainer.compute_grads(params, trainer.init(params).wire_state, x, y, key=k_step)
         if "cut_grads" in grants:
-            fields["cut_grads"] = observed.cut_grad
+            fields["cut_grads"] = observed.cut_grads
         if "labels" in grants:
             fields["labels"] = y
     fields.update(_model_fields(grants, trainer, params, k_query, wire))

@@ -2,9 +2,11 @@
 
 1. client forward: ``z, client_vjp = jax.vjp(client.apply, client_params, x)``
 2. ``z`` crosses the wire (client -> server) through the forward transforms
-3. server forward on the received smash, loss on the labels
-4. server backward: gradients for the server parameters and ``dz`` at the cut
-5. ``dz`` crosses the wire (server -> client) through the backward transforms
+3-4. the server party responds to the received smash and the labels (``parties.py``); the
+   honest server computes the task loss, its gradients for the server parameters and
+   ``dz`` at the cut
+5. ``dz`` crosses the wire (server -> client) through the backward transforms; the client
+   party inspects it and may stop training
 6. client backward: ``client_vjp(dz + d(loss terms)/dz)``; both optimizers step
 
 With an identity wire and no loss terms the gradients equal ``jax.grad`` of the whole
@@ -13,9 +15,10 @@ model (tests/test_protocol.py checks every zoo model at every cut).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,15 +26,20 @@ import numpy as np
 import optax
 
 from split_workbench.data.base import shuffled_batches
+from split_workbench.parties import ClientStrategy, HonestClient, HonestServer, ServerStrategy
 from split_workbench.split import SplitModel
 from split_workbench.transforms import GradPrivatizer, LossTerm
 from split_workbench.wire import Tap, Traffic, Wire, WireState
 
-__all__ = ["SplitState", "StepMetrics", "Observed", "SplitTrainer", "cross_entropy"]
+__all__ = ["SplitState", "StepMetrics", "Observed", "Exchange", "SplitTrainer", "cross_entropy"]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _empty(party_state) -> bool:
+    return isinstance(party_state, tuple) and not party_state
 
 
 class SplitState(NamedTuple):
@@ -39,6 +47,8 @@ class SplitState(NamedTuple):
     opt_state: dict  # {"client": ..., "server": ...}
     wire_state: WireState
     step: jax.Array  # int32 scalar, global step count
+    parties: Any = ()  # {"client": party state, "server": party state} (() for honest parties)
+    stopped: Any = None  # bool scalar once a client party that can stop is present: training stopped
 
 
 class StepMetrics(NamedTuple):
@@ -48,11 +58,23 @@ class StepMetrics(NamedTuple):
 
 
 class Observed(NamedTuple):
-    """What crossed the wire in one step: the server's and the client's views."""
+    """What crossed the wire in one step: the server's and the client's views (the same
+    names as ``Tap`` and ``Observation``)."""
 
     smash: jax.Array  # received by the server
     labels: jax.Array  # received by the server
-    cut_grad: jax.Array  # received by the client
+    cut_grads: jax.Array  # received by the client
+
+
+class Exchange(NamedTuple):
+    """One step's messages and what each party made of them (``SplitTrainer.exchange``)."""
+
+    grads: dict  # {"client": ..., "server": ...}
+    wire_state: WireState
+    parties: Any  # the parties' new states
+    stop: jax.Array  # bool scalar: the client party asks to stop
+    metrics: StepMetrics
+    observed: Observed
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +90,10 @@ class SplitTrainer:
       privatizer: if set, the client computes per-example parameter gradients (one vjp per
         example, vmapped) and applies ``privatizer(per_example, key=...)`` instead of the
         batch gradient (DP-SGD on the client's updates).
+      server: the server party's strategy (honest by default): what it computes on the
+        received smash and sends back.
+      client: the client party's strategy (honest by default): what it does with the cut
+        gradient it receives (a detector may stop training).
     """
 
     model: SplitModel
@@ -77,10 +103,17 @@ class SplitTrainer:
     loss_terms: tuple[LossTerm, ...] = ()
     loss: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy
     privatizer: GradPrivatizer | None = None
-    _jit: dict = field(default_factory=dict, repr=False)
+    server: ServerStrategy = field(default_factory=HonestServer)
+    client: ClientStrategy = field(default_factory=HonestClient)
+
+    @property
+    def active(self) -> bool:
+        """Whether a party departs from the honest protocol (its training is its own)."""
+        return bool(self.server.active or self.client.active)
 
     # ---------------------------------------------------------------- state
-    def init(self, params: dict | None = None) -> SplitState:
+    def init(self, params: dict | None = None, *, key: jax.Array | None = None) -> SplitState:
+        """The initial training state; ``key`` seeds the parties' own state (extra models)."""
         params = self.model.params if params is None else params
         z = jnp.zeros((1, *self.model.smash_shape), self.model.smash_dtype)
         return SplitState(
@@ -89,32 +122,49 @@ class SplitTrainer:
                        "server": self.server_opt.init(params["server"])},
             wire_state=self.wire.init(z, z),
             step=jnp.zeros((), jnp.int32),
+            parties=self.init_parties(key),
+            stopped=jnp.zeros((), bool) if self.client.can_stop else None,
         )
+
+    def init_parties(self, key: jax.Array | None = None):
+        """The parties' initial states (``()`` when both are stateless)."""
+        key = jax.random.key(0) if key is None else key
+        client = self.client.init(self.model, key=jax.random.fold_in(key, 0))
+        server = self.server.init(self.model, key=jax.random.fold_in(key, 1))
+        if _empty(client) and _empty(server):
+            return ()
+        return {"client": client, "server": server}
 
     def traffic(self, batch_size: int) -> Traffic:
         return self.wire.traffic(batch_size, self.model.smash_shape, self.model.smash_dtype)
 
     # ---------------------------------------------------------------- one step
     def compute_grads(self, params: dict, wire_state: WireState, x: jax.Array, y: jax.Array, *,
-                      key: jax.Array) -> tuple[dict, WireState, StepMetrics, Observed]:
-        """Steps 1-6 up to, not including, the optimizer updates; pure and jittable."""
-        client, server = self.model.client, self.model.server
+                      key: jax.Array, parties=None) -> tuple[dict, WireState, StepMetrics, Observed]:
+        """Steps 1-6 up to, not including, the optimizer updates; pure and jittable.
+        ``parties`` are the parties' states (default: their initial states)."""
+        ex = self.exchange(params, wire_state, self.init_parties() if parties is None else parties, x, y,
+                           key=key, step=jnp.zeros((), jnp.int32))
+        return ex.grads, ex.wire_state, ex.metrics, ex.observed
+
+    def exchange(self, params: dict, wire_state: WireState, parties, x: jax.Array, y: jax.Array, *,
+                 key: jax.Array, step: jax.Array) -> Exchange:
+        """One step's messages between the two parties, and the gradients of both halves."""
+        client = self.model.client
         k_fwd, k_bwd, k_priv = jax.random.split(key, 3)
+        p_client, p_server = ((), ()) if _empty(parties) else (parties["client"], parties["server"])
 
         # 1. client forward, keeping the vjp for step 6
         z, client_vjp = jax.vjp(lambda p: client.apply(p, x), params["client"])
         # 2. smash across the wire
         z_sent, wire_state = self.wire.send_forward(z, wire_state, key=k_fwd)
 
-        # 3-4. server forward, loss, backward to its parameters and to the cut
-        def server_loss(ps, z_in):
-            logits = server.apply(ps, z_in)
-            return self.loss(logits, y), logits
-
-        (loss, logits), (g_server, dz) = jax.value_and_grad(server_loss, argnums=(0, 1), has_aux=True)(
-            params["server"], z_sent)
-        # 5. cut gradient across the wire
-        dz_sent, wire_state = self.wire.send_backward(dz, wire_state, key=k_bwd, labels=y)
+        # 3-4. the server party: what it computes on the received smash and sends back
+        reply = self.server.respond(self.model, self.loss, params["server"], p_server, z_sent, y,
+                                    key=jax.random.fold_in(key, 3))
+        # 5. cut gradient across the wire; the client party inspects what it received
+        dz_sent, wire_state = self.wire.send_backward(reply.cut_grads, wire_state, key=k_bwd, labels=y)
+        p_client, stop = self.client.inspect(p_client, z_sent, dz_sent, y, step=step)
 
         # 6. client backward through the saved vjp, plus the client's own loss terms
         cotangent, reg = dz_sent, jnp.zeros((), jnp.float32)
@@ -136,19 +186,27 @@ class SplitTrainer:
 
             g_client = self.privatizer(jax.vmap(one)(x, cotangent), key=k_priv)
 
-        acc = (jnp.argmax(logits, -1) == y).mean()
-        return ({"client": g_client, "server": g_server}, wire_state,
-                StepMetrics(loss, acc, reg), Observed(z_sent, y, dz_sent))
+        acc = (jnp.argmax(reply.logits, -1) == y).mean()
+        new_parties = () if _empty(parties) else {"client": p_client, "server": reply.state}
+        return Exchange({"client": g_client, "server": reply.grads}, wire_state, new_parties, stop,
+                        StepMetrics(reply.loss, acc, reg), Observed(z_sent, y, dz_sent))
 
     def step(self, state: SplitState, x: jax.Array, y: jax.Array, *, key: jax.Array
              ) -> tuple[SplitState, StepMetrics, Observed]:
-        """One training step on batch ``(x, y)``: the six steps, then both optimizers."""
-        grads, wire_state, metrics, observed = self.compute_grads(state.params, state.wire_state, x, y, key=key)
+        """One training step on batch ``(x, y)``: the six steps, then both optimizers. Once a
+        client party has stopped training, steps leave the parameters as they are."""
+        ex = self.exchange(state.params, state.wire_state, state.parties, x, y, key=key, step=state.step)
         new_params, new_opt = {}, {}
         for side, opt in (("client", self.client_opt), ("server", self.server_opt)):
-            updates, new_opt[side] = opt.update(grads[side], state.opt_state[side], state.params[side])
+            updates, new_opt[side] = opt.update(ex.grads[side], state.opt_state[side], state.params[side])
             new_params[side] = optax.apply_updates(state.params[side], updates)
-        return SplitState(new_params, new_opt, wire_state, state.step + 1), metrics, observed
+        stopped = state.stopped
+        if self.client.can_stop:
+            stopped = state.stopped | ex.stop
+            keep = functools.partial(jax.tree.map, lambda old, new: jnp.where(stopped, old, new))
+            new_params, new_opt = keep(state.params, new_params), keep(state.opt_state, new_opt)
+        return (SplitState(new_params, new_opt, ex.wire_state, state.step + 1, ex.parties, stopped),
+                ex.metrics, ex.observed)
 
     # ---------------------------------------------------------------- an epoch
     def epoch(self, state: SplitState, x_all: jax.Array, y_all: jax.Array, *, key: jax.Array,
@@ -158,11 +216,15 @@ class SplitTrainer:
         Jitted as one program: a ``lax.scan`` over the steps. ``tap_local`` lists step
         indices within this epoch at which to record what crossed the wire.
         """
-        fn = self._jit.get(("epoch", batch_size, tap_local))
-        if fn is None:
-            fn = jax.jit(lambda s, xa, ya, k: self._epoch(s, xa, ya, k, batch_size, tap_local))
-            self._jit[("epoch", batch_size, tap_local)] = fn
-        return fn(state, x_all, y_all, key)
+        return self._epoch_jit(state, x_all, y_all, key, batch_size, tap_local)
+
+    @functools.cached_property
+    def _epoch_jit(self):  # one jitted function per trainer (compiled once per batch size and taps)
+        return jax.jit(self._epoch, static_argnums=(4, 5))
+
+    @functools.cached_property
+    def _evaluate_jit(self):
+        return jax.jit(self._evaluate, static_argnums=(4,))
 
     def _epoch(self, state, x_all, y_all, key, batch_size, tap_local):
         k_perm, k_steps = jax.random.split(key)
@@ -193,18 +255,14 @@ class SplitTrainer:
         tap = None
         if tap_local:
             obs, ids = buf
-            tap = Tap(np.asarray(tap_local), obs.smash, obs.labels, obs.cut_grad, ids)
+            tap = Tap(np.asarray(tap_local), obs.smash, obs.labels, obs.cut_grads, ids)
         return state, metrics, tap
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, params: dict, x: jax.Array, y: jax.Array, *, batch_size: int = 1000) -> dict[str, float]:
         """Task loss and accuracy of the trained split model on held-out data (no wire noise
         unless the wire's ``inference`` transform adds it)."""
-        fn = self._jit.get(("eval", batch_size))
-        if fn is None:
-            fn = jax.jit(lambda p, xa, ya, k: self._evaluate(p, xa, ya, k, batch_size))
-            self._jit[("eval", batch_size)] = fn
-        loss, acc = fn(params, jnp.asarray(x), jnp.asarray(y), jax.random.key(0))
+        loss, acc = self._evaluate_jit(params, jnp.asarray(x), jnp.asarray(y), jax.random.key(0), batch_size)
         return {"loss": float(loss), "accuracy": float(acc)}
 
     def _evaluate(self, params, x, y, key, batch_size):

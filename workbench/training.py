@@ -15,10 +15,15 @@ from split_workbench.progress import Progress
 from split_workbench.protocol import SplitState, SplitTrainer
 from split_workbench.wire import Tap
 
-__all__ = ["OPTIMIZERS", "FitResult", "fit"]
+__all__ = ["OPTIMIZERS", "FitResult", "fit", "party_key"]
 
 OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
 
+
+
+def party_key(key: jax.Array) -> jax.Array:
+    """The key that seeds the parties' own state in ``fit`` (its epochs use ``fold_in(key, e)``)."""
+    return jax.random.fold_in(jax.random.split(key)[1], 0)
 
 
 @dataclass
@@ -33,7 +38,9 @@ def fit(trainer: SplitTrainer, x_train, y_train, *, epochs: int, batch_size: int
         progress: bool = False) -> FitResult:
     """Trains for ``epochs``; the per-epoch key is ``fold_in(key, epoch)``.
 
-    ``tap_steps`` are global step indices at which what crossed the wire is recorded.
+    ``tap_steps`` are global step indices at which what crossed the wire is recorded. When
+    the client party stops training (a detector), the epoch in which it stopped is the last
+    one (its record says ``"stopped": True``); no update is applied from the stopping step on.
     """
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
     n = x_train.shape[0]
@@ -43,7 +50,7 @@ def fit(trainer: SplitTrainer, x_train, y_train, *, epochs: int, batch_size: int
     taps_sorted = tuple(sorted({int(s) for s in tap_steps}))
     if taps_sorted and (taps_sorted[0] < 0 or taps_sorted[-1] >= epochs * steps):
         raise ValueError(f"tap_steps must lie in 0..{epochs * steps - 1} ({epochs} epochs x {steps} steps)")
-    state = trainer.init() if state is None else state
+    state = trainer.init(key=party_key(key)) if state is None else state
     traffic = trainer.traffic(batch_size).scale(steps)
     history, taps = [], []
     bar = Progress(epochs, "train", enabled=progress)
@@ -63,6 +70,11 @@ def fit(trainer: SplitTrainer, x_train, y_train, *, epochs: int, batch_size: int
         if x_test is not None:
             ev = trainer.evaluate(state.params, x_test, y_test)
             rec.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
+        stopped = state.stopped is not None and bool(state.stopped)
+        if stopped:
+            rec["stopped"] = True
         history.append(rec)
         bar.update(1, f"loss {rec['train_loss']:.3f}" + (f" test acc {rec['test_accuracy']:.3f}" if x_test is not None else ""))
+        if stopped:
+            break
     return FitResult(state, history, taps)

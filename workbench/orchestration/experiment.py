@@ -36,10 +36,11 @@ from split_workbench.attacks import ATTACKS
 from split_workbench.data import list_datasets
 from split_workbench.defenses import DEFENSES
 from split_workbench.models import MODELS, make_model
+from split_workbench.parties import CLIENTS, SERVERS, ClientStrategy, ServerStrategy
 from split_workbench.registry import SpecError
 from split_workbench.split import _resolve_cut
 
-__all__ = ["ExperimentSpec", "SpecError", "load_spec", "record_path", "package_versions"]
+__all__ = ["ExperimentSpec", "Built", "SpecError", "load_spec", "record_path", "package_versions"]
 
 TOPOLOGIES = ("vanilla",)
 OBSERVE = ("train", "inference")
@@ -66,6 +67,8 @@ class ExperimentSpec:
     attacks: tuple[str, ...] = ("rmle",)
     seed: int = 0
     delta: float = 1e-5
+    server: str = "honest"
+    client: str = "honest"
 
     def __post_init__(self):
         for name in ("defenses", "attacks"):
@@ -76,9 +79,11 @@ class ExperimentSpec:
 
     # ------------------------------------------------------------ identity
     def to_dict(self) -> dict:
+        """The spec as plain data; fields added after records existed are left out at their
+        default, so a spec's hash (its run's name) does not change when fields are added."""
         d = dataclasses.asdict(self)
         d["defenses"], d["attacks"] = list(self.defenses), list(self.attacks)
-        return d
+        return {k: v for k, v in d.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
     def hash(self) -> str:
         canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -106,7 +111,7 @@ class ExperimentSpec:
             if alias:
                 d[alias] = [] if v.strip() in ("", "none") else [v.strip()]
                 continue
-            if k not in d:
+            if k not in {f.name for f in dataclasses.fields(ExperimentSpec)}:
                 raise SpecError(f"override {a!r}: unknown field {k!r}; fields: {sorted(d)}")
             d[k] = _literal(v)
         return ExperimentSpec.from_dict(d, source="--set")
@@ -122,7 +127,13 @@ class ExperimentSpec:
     # ------------------------------------------------------------ validation
     def validate(self) -> "ExperimentSpec":
         """Checks every field before any work; a bad one raises SpecError naming it."""
+        self.build()
+        return self
 
+    def build(self) -> "Built":
+        """Checks every field and builds what the spec names (the defenses, attacks and
+        parties, the resolved cut), before any data is loaded: a bad field raises SpecError
+        naming it. The rest of the pipeline receives the ``Built``, not the strings."""
         ints = {"epochs": 1, "batch_size": 1, "aux_size": 1, "targets": 2, "seed": 0}
         for name, lo in ints.items():
             v = getattr(self, name)
@@ -152,23 +163,67 @@ class ExperimentSpec:
         if not isinstance(self.model_kwargs, dict):
             raise SpecError(f"field 'model_kwargs' must be a table, got {self.model_kwargs!r}")
         cut = self.cut if self.cut is not None else MODELS[self.model].default_cut
-        names_ = _model_names(self.model, self.model_kwargs)
+        block_names = _model_names(self.model, self.model_kwargs)
         try:
-            _resolve_cut(names_, cut)
+            cut_name = block_names[_resolve_cut(block_names, cut) - 1]
         except (ValueError, TypeError) as e:
             raise SpecError(f"field 'cut': {e}") from None
+        classes = datasets[self.data]["classes"]
+        built = {}
         for reg, specs, fld in ((DEFENSES, self.defenses, "defenses"), (ATTACKS, self.attacks, "attacks")):
+            built[fld] = []
             for s in specs:
                 try:
-                    built = reg.build(s)  # factories check strengths (negative noise, bits < 1, ...)
+                    obj = reg.build(s)  # factories check strengths (negative noise, bits < 1, ...)
                 except (ValueError, TypeError) as e:
                     raise SpecError(f"field {fld!r}: {e}") from None
-                classes = datasets[self.data]["classes"]
-                if getattr(built, "binary_labels", False) and classes != 2:
+                if getattr(obj, "binary_labels", False) and classes != 2:
                     raise SpecError(f"field 'defenses': {s!r} is defined for binary tasks (labels 0/1), but "
                                     f"dataset {self.data!r} has {classes} classes; use it on a binary task "
                                     "(papers/li2022 relabels Fashion-MNIST shirt-vs-rest)")
-        return self
+                built[fld].append(obj)
+        parties = {}
+        for reg, fld, proto in ((SERVERS, "server", ServerStrategy), (CLIENTS, "client", ClientStrategy)):
+            try:
+                parties[fld] = reg.build(getattr(self, fld))
+            except (ValueError, TypeError) as e:
+                raise SpecError(f"field {fld!r}: {e}") from None
+            if not isinstance(parties[fld], proto):
+                raise SpecError(f"field {fld!r}: {getattr(self, fld)!r} does not build a {proto.__name__}")
+        return Built(self, cut_name, classes, tuple(built["defenses"]), tuple(built["attacks"]),
+                     parties["server"], parties["client"])
+
+
+# Fields added after records existed, at the values that mean "as before": left out of
+# ``to_dict`` (and so of the hash) at these values.
+LATER_FIELDS = {"server": "honest", "client": "honest"}
+
+
+@dataclass(frozen=True)
+class Built:
+    """A validated spec and the objects it names, built once (``ExperimentSpec.build``).
+
+    Attributes:
+      spec: the spec.
+      cut: the cut's block name (the model's default cut resolved).
+      num_classes: the dataset's number of classes.
+      defenses, attacks: the built defense and attack objects, in spec order.
+      server, client: the parties' strategies.
+    """
+
+    spec: ExperimentSpec
+    cut: str
+    num_classes: int
+    defenses: tuple
+    attacks: tuple
+    server: ServerStrategy
+    client: ClientStrategy
+
+    @property
+    def active(self) -> bool:
+        """Whether a party departs from the honest protocol: its training is its own and is
+        never shared with another spec's."""
+        return bool(self.server.active or self.client.active)
 
 
 def _model_names(model: str, kwargs: dict) -> tuple[str, ...]:

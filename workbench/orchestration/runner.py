@@ -18,18 +18,18 @@ import numpy as np
 from matplotlib.image import imsave
 
 from split_workbench import metrics
-from split_workbench.attacks import build_attack
-from split_workbench.attacks.base import OBSERVATION_FIELDS
 from split_workbench.data import load, split_aux
-from split_workbench.defenses import build_defense
-from split_workbench.models import MODELS
-from split_workbench.observation import observe
-from split_workbench.orchestration.experiment import ExperimentSpec, package_versions, record_path
-from split_workbench.orchestration.runs import TrainConfig, build_trainer
-from split_workbench.training import fit
+from split_workbench.defenses.base import combine
+from split_workbench.models import make_model
+from split_workbench.observation import OBSERVATION_FIELDS, observe
+from split_workbench.orchestration.experiment import Built, ExperimentSpec, package_versions, record_path
+from split_workbench.protocol import SplitTrainer
+from split_workbench.split import split
+from split_workbench.training import OPTIMIZERS, fit
+from split_workbench.wire import Wire
 
-__all__ = ["Prepared", "prepare", "train_stage", "training_hash", "shares_training", "observation", "evaluate_stage",
-           "run_experiment", "write_record", "NOT_TRAINING_FIELDS", "clear_training_cache"]
+__all__ = ["Prepared", "prepare", "build_trainer", "train_stage", "training_hash", "TrainedModels", "observation",
+           "evaluate_stage", "run_experiment", "write_record", "NOT_TRAINING_FIELDS"]
 
 
 @dataclasses.dataclass
@@ -44,13 +44,29 @@ class Prepared:
     aux_y: np.ndarray
     num_classes: int
     dataset_size: int
+    built: Built | None = None
 
 
-def prepare(spec: ExperimentSpec) -> Prepared:
-    """Validates the spec, loads the data, carves the attacker's auxiliary set out of the
-    training set (disjoint from the private data) and builds the trainer."""
+def build_trainer(built: Built, input_shape: tuple[int, ...]) -> SplitTrainer:
+    """The split trainer a built spec describes: the model initialised from ``fold_in(seed, 0)``
+    and cut at the resolved cut, the defenses on the wire, the parties' strategies."""
+    spec = built.spec
+    model = make_model(spec.model, key=jax.random.fold_in(jax.random.key(spec.seed), 0), input_shape=input_shape,
+                       num_classes=built.num_classes, **spec.model_kwargs)
+    parts = combine(list(built.defenses))
+    opt = OPTIMIZERS[spec.optimizer]
+    return SplitTrainer(split(model, built.cut), opt(spec.lr), opt(spec.lr),
+                        wire=Wire(parts["forward"], parts["backward"], parts["inference"]),
+                        loss_terms=parts["loss_terms"], privatizer=parts["privatizer"],
+                        server=built.server, client=built.client)
 
-    spec.validate()
+
+def prepare(spec: ExperimentSpec | Built) -> Prepared:
+    """Builds the spec (once: pass a ``Built`` to skip it), loads the data, carves the
+    attacker's auxiliary set out of the training set (disjoint from the private data) and
+    builds the trainer."""
+    built = spec if isinstance(spec, Built) else spec.build()
+    spec = built.spec
     key = jax.random.key(spec.seed)
     ds = load(spec.data)
     if spec.aux_size >= ds.num_train:
@@ -65,52 +81,56 @@ def prepare(spec: ExperimentSpec) -> Prepared:
     x, y = x[perm], y[perm]
     if spec.targets > x.shape[0]:
         raise ValueError(f"targets {spec.targets} exceeds the {x.shape[0]} private training examples")
-    config = TrainConfig(data=spec.data, model=spec.model,
-                         cut=spec.cut if spec.cut is not None else MODELS[spec.model].default_cut,
-                         epochs=spec.epochs, batch_size=spec.batch_size, client_lr=spec.lr, server_lr=spec.lr,
-                         optimizer=spec.optimizer, seed=spec.seed, defenses=spec.defenses,
-                         model_kwargs=dict(spec.model_kwargs), input_shape=ds.input_shape,
-                         num_classes=ds.num_classes)
-    return Prepared(spec, build_trainer(config), x, y, ds.x_test, ds.y_test, aux.x_train, aux.y_train,
-                    ds.num_classes, int(x.shape[0]))
+    return Prepared(spec, build_trainer(built, ds.input_shape), x, y, ds.x_test, ds.y_test, aux.x_train,
+                    aux.y_train, ds.num_classes, int(x.shape[0]), built)
 
 
-# Spec fields that training does not read: specs differing only in these train the same model.
+# Spec fields that training does not read: specs differing only in these train the same model
+# (unless a party is active: then the adversary is part of training).
 NOT_TRAINING_FIELDS = ("observe", "attacks", "targets", "delta")
-_LAST_TRAINED: dict[str, Any] = {}  # training hash -> FitResult; only the last one is kept
 
 
 def training_hash(spec: ExperimentSpec) -> str:
     """Hash of the fields that decide the trained model (``spec.hash()`` without
     ``NOT_TRAINING_FIELDS``)."""
-
     d = {k: v for k, v in spec.to_dict().items() if k not in NOT_TRAINING_FIELDS}
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 
-def clear_training_cache() -> None:
-    """Forget the last trained model (the next run trains from scratch)."""
-    _LAST_TRAINED.clear()
+class TrainedModels:
+    """The last trained model, for the next run to reuse when it trains the same model.
+
+    A sweep (or a notebook) owns one and passes it to ``run_experiment``; nothing is kept
+    between calls without it. A run with an active party (a malicious server, a detecting
+    client) neither reuses a model nor offers its own: its adversary is part of training.
+    """
+
+    def __init__(self):
+        self._last: tuple[str, Any] | None = None
+
+    def get(self, p: Prepared):
+        if p.trainer.active or self._last is None or self._last[0] != training_hash(p.spec):
+            return None
+        return self._last[1]
+
+    def put(self, p: Prepared, fitted) -> None:
+        self._last = None if p.trainer.active else (training_hash(p.spec), fitted)
+
+    def clear(self) -> None:
+        self._last = None
 
 
-def shares_training(spec: ExperimentSpec) -> bool:
-    """Whether ``train_stage`` will reuse the model trained for the previous spec (same
-    training fields, e.g. the same model attacked under another threat model)."""
-    return training_hash(spec) in _LAST_TRAINED
-
-
-def train_stage(p: Prepared, *, progress: bool = False):
-    """Trains the spec's model. The last trained model is kept in memory: a spec that differs
-    from the previous one only in ``NOT_TRAINING_FIELDS`` reuses it (training is
-    deterministic given those fields, so the result is the same)."""
-
-    h = training_hash(p.spec)
-    if h in _LAST_TRAINED:
-        return _LAST_TRAINED[h]
+def train_stage(p: Prepared, *, progress: bool = False, cache: TrainedModels | None = None):
+    """Trains the spec's model; with ``cache``, a model trained for the previous spec is
+    reused when the two differ only in ``NOT_TRAINING_FIELDS`` and no party is active
+    (training is deterministic given the other fields, so the result is the same)."""
+    fitted = cache.get(p) if cache is not None else None
+    if fitted is not None:
+        return fitted
     fitted = fit(p.trainer, p.x_train, p.y_train, epochs=p.spec.epochs, batch_size=p.spec.batch_size,
                  key=jax.random.fold_in(jax.random.key(p.spec.seed), 1), progress=progress)
-    _LAST_TRAINED.clear()
-    _LAST_TRAINED[h] = fitted
+    if cache is not None:
+        cache.put(p, fitted)
     return fitted
 
 
@@ -160,9 +180,9 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
     timings["evaluate"] = time.perf_counter() - t0
 
     steps = spec.epochs * (p.dataset_size // spec.batch_size)
+    built = p.built if p.built is not None else spec.build()
     privacy = []
-    for d_spec in spec.defenses:
-        d = build_defense(d_spec)
+    for d in built.defenses:
         entry = {"defense": d.name, "guarantee": d.guarantee}
         if d.accountant is not None:
             entry.update(d.accountant(steps=steps, batch_size=spec.batch_size, dataset_size=p.dataset_size,
@@ -170,8 +190,7 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
         privacy.append(entry)
 
     attacks, recons = {}, {}
-    for i, a_spec in enumerate(spec.attacks):
-        attack = build_attack(a_spec)
+    for i, (a_spec, attack) in enumerate(zip(spec.attacks, built.attacks)):
         t0 = time.perf_counter()
         result = attack(obs.only(attack.needs), key=jax.random.fold_in(key, 10 + i))
         out = jax.block_until_ready(result.output)
@@ -239,8 +258,9 @@ def write_record(out_dir: str | os.PathLike, record: dict, images: dict[str, np.
 
 
 def run_experiment(spec: ExperimentSpec, out_dir: str | os.PathLike | None = None, *,
-                   progress: bool = False) -> dict:
-    """Runs ``spec`` end to end; with ``out_dir`` the record is written (and a finished one reused)."""
+                   progress: bool = False, cache: TrainedModels | None = None) -> dict:
+    """Runs ``spec`` end to end; with ``out_dir`` the record is written (and a finished one
+    reused); with ``cache`` a model trained for the previous spec may be reused."""
     if out_dir is not None and record_path(out_dir, spec).is_file():
         return json.loads(record_path(out_dir, spec).read_text())
     timings = {}
@@ -248,8 +268,8 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | os.PathLike | None = Non
     p = prepare(spec)
     timings["prepare"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    shared = shares_training(spec)
-    fitted = train_stage(p, progress=progress)
+    shared = cache is not None and cache.get(p) is not None
+    fitted = train_stage(p, progress=progress, cache=cache)
     timings["train"] = time.perf_counter() - t0
     if shared:
         timings["train_path"] = "reused: the previous run trained the same model (differs only in " \

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 from split_workbench.defenses.base import combine
 from split_workbench.defenses.registry import build_defense, build_defense_traced, strength_split
 from split_workbench.orchestration.experiment import ExperimentSpec, SpecError, record_path
-from split_workbench.orchestration.runner import evaluate_stage, prepare, shares_training, train_stage, write_record
+from split_workbench.orchestration.runner import TrainedModels, evaluate_stage, prepare, train_stage, write_record
 from split_workbench.progress import Progress
+from split_workbench.training import party_key
 from split_workbench.wire import Wire
 
 __all__ = ["expand_grid", "parse_grid", "run_sweep", "fit_group", "fit_seeds"]
@@ -45,12 +46,13 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 
 
 def expand_grid(base: ExperimentSpec, grid: dict[str, list]) -> list[ExperimentSpec]:
-    """The cartesian product of ``grid`` applied to ``base``; every spec is validated."""
+    """The cartesian product of ``grid`` applied to ``base`` (``run_sweep`` builds, and so
+    checks, every spec before any work)."""
     keys = list(grid)
     specs = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         spec = base.with_overrides([f"{k}={v}" for k, v in zip(keys, combo)])
-        specs.append(spec.validate())
+        specs.append(spec)
     unique = list({s.hash(): s for s in specs}.values())
     return unique
 
@@ -79,7 +81,7 @@ def _traced_trainer(p0, values: list[dict]):
     parts = combine([build_defense_traced(d, v) if v else build_defense(d)
                      for d, v in zip(p0.spec.defenses, values)])
     return dataclasses.replace(p0.trainer, wire=Wire(parts["forward"], parts["backward"], parts["inference"]),
-                               loss_terms=parts["loss_terms"], privatizer=parts["privatizer"], _jit={})
+                               loss_terms=parts["loss_terms"], privatizer=parts["privatizer"])
 
 
 def fit_group(prepared: list, *, progress: bool = False):
@@ -94,7 +96,7 @@ def fit_group(prepared: list, *, progress: bool = False):
     p0 = prepared[0]
     spec0 = p0.spec
     bs, epochs = spec0.batch_size, spec0.epochs
-    states = jax.tree.map(lambda *a: jnp.stack(a), *[p.trainer.init() for p in prepared])
+    states = jax.tree.map(lambda *a: jnp.stack(a), *[p.trainer.init(key=party_key(jax.random.fold_in(jax.random.key(p.spec.seed), 1))) for p in prepared])
     xs = jnp.stack([jnp.asarray(p.x_train) for p in prepared])
     ys = jnp.stack([jnp.asarray(p.y_train) for p in prepared])
     per_spec = [_strengths(p.spec) for p in prepared]
@@ -149,21 +151,21 @@ def run_sweep(specs: list[ExperimentSpec], out_dir, *, vmap_seeds: bool = True, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale(out_dir)  # left by a killed run: never a record, safe to drop
-    for s in specs:
-        s.validate()
+    built = {s.hash(): s.build() for s in specs}  # every spec checked before any work
     todo = [s for s in specs if not record_path(out_dir, s).is_file()]
     groups: dict[str, list[ExperimentSpec]] = defaultdict(list)
     for s in todo:
         groups[_group_key(s, seeds=vmap_seeds, strengths=vmap_strengths)].append(s)
     groups = {f"{k}/{i}": g[i:i + max_group] for k, g in groups.items() for i in range(0, len(g), max_group)}
     bar = Progress(len(todo), "sweep", enabled=progress)
+    cache = TrainedModels()
     for group in groups.values():
         if len(group) == 1:
-            _run_one(group[0], out_dir)
+            _run_one(built[group[0].hash()], out_dir, cache)
             bar.update(1, group[0].hash())
             continue
         t0 = time.perf_counter()
-        prepared = [prepare(s) for s in group]
+        prepared = [prepare(built[s.hash()]) for s in group]
         t_prep = (time.perf_counter() - t0) / len(group)
         t0 = time.perf_counter()
         fitted = fit_group(prepared)
@@ -176,14 +178,14 @@ def run_sweep(specs: list[ExperimentSpec], out_dir, *, vmap_seeds: bool = True, 
     return [json.loads(record_path(out_dir, s).read_text()) for s in specs]
 
 
-def _run_one(spec: ExperimentSpec, out_dir: Path) -> None:
+def _run_one(built, out_dir: Path, cache: TrainedModels) -> None:
     timings = {}
     t0 = time.perf_counter()
-    p = prepare(spec)
+    p = prepare(built)
     timings["prepare"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    shared = shares_training(spec)
-    fitted = train_stage(p)
+    shared = cache.get(p) is not None
+    fitted = train_stage(p, cache=cache)
     timings["train"] = time.perf_counter() - t0
     timings["train_path"] = "reused from the previous spec" if shared else "one by one"
     record, images = evaluate_stage(p, fitted.state, fitted.history, timings=timings)
