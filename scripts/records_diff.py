@@ -23,6 +23,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,11 +45,29 @@ def _cli(tree: Path | None) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {mod} import main; sys.exit(main())"]
 
 
+def _import_root(tree: Path) -> Path:
+    """A folder that, put first on ``sys.path``, makes ``tree``'s packages the imported ones.
+
+    Before the namespace the packages were the tree's own folders; after it, the installed
+    ``split_workbench`` maps onto three folders, so a folder of links rebuilds that mapping
+    (it shadows the editable install, whose finder runs after ``sys.path``)."""
+    if not (tree / "workbench" / "orchestration").is_dir():
+        return tree
+    shim = Path(tempfile.mkdtemp(prefix="records-diff-"))
+    pkg = shim / "split_workbench"
+    pkg.mkdir()
+    for entry in (tree / "workbench").iterdir():
+        (pkg / entry.name).symlink_to(entry)
+    for sub in ("attacks", "defenses"):
+        (pkg / sub).symlink_to(tree / sub)
+    return shim
+
+
 def produce(tree: Path | None, out: Path) -> None:
     env = dict(os.environ)
     cwd = REPO
     if tree is not None:
-        env["PYTHONPATH"] = str(tree)
+        env["PYTHONPATH"] = str(_import_root(tree))
         env["SPLIT_WORKBENCH_PAPERS"] = str(tree / "papers")
         cwd = tree
     cli = _cli(tree)
