@@ -1,7 +1,12 @@
 """Attacks on split learning: model inversion on smash data, label inference on cut gradients.
 
-Importing this package imports every attack module, so ``ATTACKS`` lists them all.
+Importing this package imports every module in its folder, so the registry is populated: a
+new attack is one file that registers itself (the explicit imports below re-export the
+public names).
 """
+
+import importlib
+import pkgutil
 
 from split_workbench.attacks.base import (
     OBSERVATION_FIELDS,
@@ -29,3 +34,6 @@ __all__ = [
     "NormLeak", "CosineLeak", "norm_scores", "cosine_scores",
     "observe", "observe_tap", "tap_targets", "evaluate_attack", "wire_query",
 ]
+
+for _module in pkgutil.iter_modules(__path__):  # a new attack file registers without an edit here
+    importlib.import_module(f"{__name__}.{_module.name}")

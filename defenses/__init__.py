@@ -1,7 +1,12 @@
 """Defenses: transforms of what crosses the cut, client loss terms, DP on client updates.
 
-Importing this package imports every defense module, so the registry is populated.
+Importing this package imports every module in its folder, so the registry is populated: a
+new defense is one file that registers itself (the explicit imports below re-export the
+public names).
 """
+
+import importlib
+import pkgutil
 
 from split_workbench.defenses.accounting import Schedule, calibrate_noise, epsilon, privacy_report
 from split_workbench.defenses.base import (
@@ -36,3 +41,6 @@ __all__ = [
     "gaussian_noise", "laplace_noise", "dp_smash", "dp_sgd", "dp_sgd_privatizer", "nopeek", "cut_dropout",
     "quantize", "topk", "grad_noise", "max_norm", "marvell",
 ]
+
+for _module in pkgutil.iter_modules(__path__):  # a new defense file registers without an edit here
+    importlib.import_module(f"{__name__}.{_module.name}")
