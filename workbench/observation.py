@@ -67,7 +67,6 @@ class Observation:
 OBSERVATION_FIELDS = tuple(f.name for f in dataclasses.fields(Observation))
 
 
-
 def _check_grants(grants: Iterable[str]) -> frozenset[str]:
     grants = frozenset(grants)
     unknown = sorted(grants - set(OBSERVATION_FIELDS))
@@ -79,30 +78,18 @@ def _check_grants(grants: Iterable[str]) -> frozenset[str]:
 WIRES = ("inference", "train")
 
 
-def _transform(trainer: SplitTrainer, wire: str):
-    if wire not in WIRES:
-        raise ValueError(f"wire must be one of {WIRES}, got {wire!r}")
-    return trainer.wire.inference if wire == "inference" else trainer.wire.forward
-
-
 def wire_query(trainer: SplitTrainer, client_params: Any, *, key: jax.Array, wire: str = "inference"):
     """``query(x) -> smash`` of the client: its output passed through the wire's
     ``inference`` transform (a deployed client), or with ``wire="train"`` through the
-    training-time ``forward`` transform, as the attacker would receive it.
+    training-time ``forward`` transform, as the attacker would receive it
+    (``SplitTrainer.send_smash``).
 
     The transform's randomness uses ``key`` (fixed per query function): querying the same
     batch twice returns the same noisy smash, which keeps attacks deterministic in their key.
     """
-    infer = _transform(trainer, wire)
-    apply = trainer.model.client.apply
-    state0 = infer.init(jnp.zeros((1, *trainer.model.smash_shape), trainer.model.smash_dtype))
-
-    @jax.jit
-    def query(x):
-        z, _ = infer.apply(apply(client_params, x), state0, key=key)
-        return z
-
-    return query
+    if wire not in WIRES:
+        raise ValueError(f"wire must be one of {WIRES}, got {wire!r}")
+    return jax.jit(lambda x: trainer.send_smash(client_params, x, key=key, wire=wire))
 
 
 def _aux_fields(grants, aux):
@@ -134,7 +121,7 @@ def _model_fields(grants, trainer: SplitTrainer, params: dict, key, wire: str):
 
 
 def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, grants: Iterable[str],
-            aux: tuple | None = None, key: jax.Array, wire: str = "inference") -> Observation:
+            aux: tuple | None = None, key: jax.Array, wire: str = "inference", parties=None) -> Observation:
     """What an adversary with ``grants`` observes of the trained model on ``x_targets``.
 
     ``smash`` is the client's output on the targets through ``trainer.wire.inference``
@@ -144,6 +131,8 @@ def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, g
     parameters (forward and backward transforms applied). ``params`` is
     ``{"client", "server"}`` (e.g. ``state.params``). ``client_init`` grants the model's
     initial client parameters as an architecture template (attacks re-randomise them).
+    ``parties`` are the parties' trained states (``state.parties``; default: their initial
+    states): the cut gradients are the ones the server strategy would send.
     """
     grants = _check_grants(grants)
     x = jnp.asarray(x_targets, jnp.float32)
@@ -157,7 +146,8 @@ def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, g
         if y_targets is None:
             raise ValueError("granting cut_grads or labels needs y_targets (the targets' labels)")
         y = jnp.asarray(y_targets, jnp.int32)
-        _, _, _, observed = trainer.compute_grads(params, trainer.init(params).wire_state, x, y, key=k_step)
+        _, _, _, observed = trainer.compute_grads(params, trainer.init(params).wire_state, x, y, key=k_step,
+                                                  parties=parties)
         if "cut_grads" in grants:
             fields["cut_grads"] = observed.cut_grads
         if "labels" in grants:

@@ -138,6 +138,17 @@ class SplitTrainer:
     def traffic(self, batch_size: int) -> Traffic:
         return self.wire.traffic(batch_size, self.model.smash_shape, self.model.smash_dtype)
 
+    def send_smash(self, client_params, x: jax.Array, *, key: jax.Array, wire: str = "inference") -> jax.Array:
+        """The client's smash on ``x`` as the wire carries it outside training: through the
+        ``inference`` transform (a deployed client, collaborative inference) or, with
+        ``wire="train"``, the training-time ``forward`` transform from a fresh wire state."""
+        if wire not in ("inference", "train"):
+            raise ValueError(f"wire must be 'inference' or 'train', got {wire!r}")
+        t = self.wire.inference if wire == "inference" else self.wire.forward
+        state0 = t.init(jnp.zeros((1, *self.model.smash_shape), self.model.smash_dtype))
+        z, _ = t.apply(self.model.client.apply(client_params, x), state0, key=key)
+        return z
+
     # ---------------------------------------------------------------- one step
     def compute_grads(self, params: dict, wire_state: WireState, x: jax.Array, y: jax.Array, *,
                       key: jax.Array, parties=None) -> tuple[dict, WireState, StepMetrics, Observed]:
@@ -273,13 +284,9 @@ class SplitTrainer:
         xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(chunks, b, *x.shape[1:])
         yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(chunks, b)
         mask = (jnp.arange(chunks * b) < n).reshape(chunks, b)
-        infer = self.wire.inference
-        state0 = infer.init(jnp.zeros((1, *self.model.smash_shape), self.model.smash_dtype))
-
         def one(inp):
             i, xb, yb, mb = inp
-            z = self.model.client.apply(params["client"], xb)
-            z, _ = infer.apply(z, state0, key=jax.random.fold_in(key, i))
+            z = self.send_smash(params["client"], xb, key=jax.random.fold_in(key, i))
             logits = self.model.server.apply(params["server"], z)
             per = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             return (per * mb).sum(), ((jnp.argmax(logits, -1) == yb) * mb).sum()

@@ -142,7 +142,7 @@ def observation(p: Prepared, state, key):
     n = p.spec.targets
     x_t, y_t = jnp.asarray(p.x_train[:n]), jnp.asarray(p.y_train[:n])
     obs = observe(p.trainer, state.params, x_t, y_t, grants=set(OBSERVATION_FIELDS) - {"input_shape"},
-                  aux=(p.aux_x, p.aux_y), key=key, wire=p.spec.observe)
+                  aux=(p.aux_x, p.aux_y), key=key, wire=p.spec.observe, parties=state.parties)
     return obs, x_t, y_t
 
 
