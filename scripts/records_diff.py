@@ -106,10 +106,15 @@ def _is_new_default(k, v) -> bool:
     return k in NEW_DEFAULTS and NEW_DEFAULTS[k] == v
 
 
+def _volatile(key: str) -> bool:
+    """Wall-clock and provenance fields: ``VOLATILE`` keys and any ``*_seconds``."""
+    return key in VOLATILE or key.endswith("_seconds")
+
+
 def _diff(a, b, path: str, out: list[str], atol: float) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) & set(b)):
-            if k in VOLATILE:
+            if _volatile(k):
                 continue
             _diff(a[k], b[k], f"{path}.{k}", out, atol)
         return
@@ -149,7 +154,7 @@ def compare(before: Path, after: Path, atol: float) -> int:
             for d in diffs[:10]:
                 print(f"    {d}")
     print(f"{len(set(ra) & set(rb))} records compared, {problems} with differences "
-          f"(ignoring {sorted(VOLATILE)} and fields present on one side only)")
+          f"(ignoring {sorted(VOLATILE)}, *_seconds and fields present on one side only)")
     return 1 if problems else 0
 
 
