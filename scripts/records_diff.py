@@ -107,8 +107,8 @@ def _is_new_default(k, v) -> bool:
 
 
 def _volatile(key: str) -> bool:
-    """Wall-clock and provenance fields: ``VOLATILE`` keys and any ``*_seconds``."""
-    return key in VOLATILE or key.endswith("_seconds")
+    """Wall-clock and provenance fields: ``VOLATILE`` keys and any ``*_seconds`` or ``*/seconds``."""
+    return key in VOLATILE or key.endswith(("_seconds", "/seconds"))
 
 
 def _diff(a, b, path: str, out: list[str], atol: float) -> None:
