@@ -8,8 +8,9 @@ a module at run time; ``nnx.merge`` rebuilds each half inside the traced functio
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -79,7 +80,6 @@ class SplitModel:
     smash_shape: tuple[int, ...]
     smash_dtype: Any
     output_shape: tuple[int, ...]
-    _cache: dict = field(default_factory=dict, repr=False)
 
     def apply(self, params: dict[str, Params], x: jax.Array) -> jax.Array:
         """The whole model, client then server (no wire, no defenses)."""
@@ -101,29 +101,31 @@ class SplitModel:
         forward plus backward as run by one training step (the client's backward is the
         vector-Jacobian product at the cut; the server's includes the loss and ``dz``).
         """
-        if "flops" not in self._cache:
-            x = jnp.zeros((1, *self.input_shape), jnp.float32)
-            z = jnp.zeros((1, *self.smash_shape), self.smash_dtype)
-            pc, ps = self.params["client"], self.params["server"]
+        return dict(self._flops)
 
-            def client_train(p, x, dz):
-                z, vjp = jax.vjp(lambda p: self.client.apply(p, x), p)
-                return z, vjp(dz)
+    @functools.cached_property
+    def _flops(self) -> dict[str, float]:  # computed once per split model
+        x = jnp.zeros((1, *self.input_shape), jnp.float32)
+        z = jnp.zeros((1, *self.smash_shape), self.smash_dtype)
+        pc, ps = self.params["client"], self.params["server"]
 
-            def server_train(p, z):
-                def loss(p, z):
-                    logits = self.server.apply(p, z)
-                    return -jax.nn.log_softmax(logits)[:, 0].mean()
-                return jax.value_and_grad(loss, argnums=(0, 1))(p, z)
+        def client_train(p, x, dz):
+            z, vjp = jax.vjp(lambda p: self.client.apply(p, x), p)
+            return z, vjp(dz)
 
-            self._cache["flops"] = {
-                "client_forward": _cost_flops(self.client.apply, pc, x),
-                "server_forward": _cost_flops(self.server.apply, ps, z),
-                "client_train": _cost_flops(client_train, pc, x, z),
-                "server_train": _cost_flops(server_train, ps, z),
-                "whole_forward": _cost_flops(self.apply, self.params, x),
-            }
-        return dict(self._cache["flops"])
+        def server_train(p, z):
+            def loss(p, z):
+                logits = self.server.apply(p, z)
+                return -jax.nn.log_softmax(logits)[:, 0].mean()
+            return jax.value_and_grad(loss, argnums=(0, 1))(p, z)
+
+        return {
+            "client_forward": _cost_flops(self.client.apply, pc, x),
+            "server_forward": _cost_flops(self.server.apply, ps, z),
+            "client_train": _cost_flops(client_train, pc, x, z),
+            "server_train": _cost_flops(server_train, ps, z),
+            "whole_forward": _cost_flops(self.apply, self.params, x),
+        }
 
     def summary(self) -> dict[str, Any]:
         return {
