@@ -78,9 +78,13 @@ class StopAt:
     name: str = "stop_at"
     active: bool = True
     can_stop: bool = True
+    alters_batches: bool = False
 
     def init(self, model, *, key):
         return {"max_grad": jnp.zeros((), jnp.float32)}
+
+    def send(self, state, x, y, *, key, step):
+        return state, x, y, jnp.ones((), bool)
 
     def inspect(self, state, smash, cut_grads, labels, *, step):
         seen = jnp.maximum(state["max_grad"], jnp.abs(cut_grads).max())
@@ -105,6 +109,42 @@ def test_a_client_party_can_stop_training():
     assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(res.state.params),
                                                       jax.tree.leaves(two.state.params)))
     assert int(res.state.step) == 8  # steps still ran (and counted) after the stop, without updates
+
+
+@dataclass(frozen=True)
+class ProbeEveryOther:
+    """Sends every other batch with shifted labels as a probe (as SplitGuard's fake batches)."""
+
+    name: str = "probe"
+    active: bool = True
+    can_stop: bool = False
+    alters_batches: bool = True
+
+    def init(self, model, *, key):
+        return {"probes": jnp.zeros((), jnp.int32)}
+
+    def send(self, state, x, y, *, key, step):
+        probe = step % 2 == 1
+        return {"probes": state["probes"] + probe}, x, jnp.where(probe, (y + 1) % 10, y), ~probe
+
+    def inspect(self, state, smash, cut_grads, labels, *, step):
+        return state, jnp.zeros((), bool)
+
+
+def test_a_client_party_can_send_probe_batches_it_does_not_learn_from():
+    x, y = _batch()
+    t = _trainer(client=ProbeEveryOther())
+    s0 = t.init()
+    s1, _, o1 = t.step(s0, x, y, key=jax.random.key(0))  # step 0: a regular batch
+    s2, _, o2 = t.step(s1, x, y, key=jax.random.key(1))  # step 1: a probe
+    np.testing.assert_array_equal(o1.labels, y)
+    np.testing.assert_array_equal(o2.labels, (y + 1) % 10)  # the server sees the probe's labels
+    changed = lambda a, b: not all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert changed(s0.params["client"], s1.params["client"])
+    assert not changed(s1.params["client"], s2.params["client"])  # no update from the probe
+    assert not changed(s1.opt_state["client"], s2.opt_state["client"])
+    assert changed(s1.params["server"], s2.params["server"])  # the server trains on it regardless
+    assert int(s2.parties["client"]["probes"]) == 1
 
 
 TINY = ExperimentSpec(data="digits", model="mlp", cut="relu1", epochs=2, batch_size=64, aux_size=100, targets=4,

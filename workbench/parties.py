@@ -9,7 +9,9 @@ One training step (``SplitTrainer.compute_grads``):
    cut gradient it sends, the loss and logits it reports, and its new party state;
 4. the wire carries the cut gradient back (the server's backward transforms);
 5. the **client party** inspects what it received (``ClientStrategy.inspect``) and may stop
-   training, e.g. a detector that recognises a hijacking server;
+   training, e.g. a detector that recognises a hijacking server (before step 1 it may also
+   choose what it sends, ``ClientStrategy.send``: a probe batch with altered labels whose
+   update it does not apply, as SplitGuard does);
 6. the client backpropagates the cut gradient it received.
 
 Each party carries its own state inside ``SplitState.parties`` (``{"client": ..., "server":
@@ -85,9 +87,16 @@ class ClientStrategy(Protocol):
     name: str
     active: bool
     can_stop: bool  # whether ``inspect`` may ask to stop (the step then masks the update)
+    alters_batches: bool  # whether ``send`` is called (it may replace the batch, or mark it a probe)
 
     def init(self, model: SplitModel, *, key: jax.Array) -> Any:
         """The party's initial state (a pytree; ``()`` for none)."""
+
+    def send(self, state: Any, x: jax.Array, y: jax.Array, *, key: jax.Array, step: jax.Array
+             ) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+        """The batch the client sends instead of ``(x, y)`` (same shapes), its new state, and
+        whether it applies the resulting update to its own half (False: a probe batch; the
+        server, which cannot tell, trains on it either way). Called only if ``alters_batches``."""
 
     def inspect(self, state: Any, smash: jax.Array, cut_grads: jax.Array, labels: jax.Array, *,
                 step: jax.Array) -> tuple[Any, jax.Array]:
@@ -128,9 +137,13 @@ class HonestClient:
     name: str = "honest"
     active: bool = False
     can_stop: bool = False
+    alters_batches: bool = False
 
     def init(self, model: SplitModel, *, key: jax.Array):
         return ()
+
+    def send(self, state, x, y, *, key, step):
+        return state, x, y, jnp.ones((), bool)
 
     def inspect(self, state, smash, cut_grads, labels, *, step):
         return state, jnp.zeros((), bool)
@@ -164,6 +177,7 @@ def build_client(spec: str | ClientStrategy) -> ClientStrategy:
     """A client strategy from its spec string or an instance, checked against ``ClientStrategy``."""
     c = CLIENTS.build(spec) if isinstance(spec, str) else spec
     if not isinstance(c, ClientStrategy):
-        raise TypeError(f"{c!r} is not a client strategy: it needs name, active, can_stop, init(model, key=) "
-                        "and inspect(state, smash, cut_grads, labels, step=)")
+        raise TypeError(f"{c!r} is not a client strategy: it needs name, active, can_stop, alters_batches, "
+                        "init(model, key=), send(state, x, y, key=, step=) and inspect(state, smash, cut_grads, "
+                        "labels, step=)")
     return c

@@ -73,6 +73,7 @@ class Exchange(NamedTuple):
     wire_state: WireState
     parties: Any  # the parties' new states
     stop: jax.Array  # bool scalar: the client party asks to stop
+    client_applies: jax.Array  # bool scalar: the client applies this step's update (False: a probe batch)
     metrics: StepMetrics
     observed: Observed
 
@@ -164,6 +165,9 @@ class SplitTrainer:
         client = self.model.client
         k_fwd, k_bwd, k_priv = jax.random.split(key, 3)
         p_client, p_server = ((), ()) if _empty(parties) else (parties["client"], parties["server"])
+        applies = jnp.ones((), bool)
+        if self.client.alters_batches:  # 0. the client party chooses what it sends (e.g. a probe batch)
+            p_client, x, y, applies = self.client.send(p_client, x, y, key=jax.random.fold_in(key, 4), step=step)
 
         # 1. client forward, keeping the vjp for step 6
         z, client_vjp = jax.vjp(lambda p: client.apply(p, x), params["client"])
@@ -199,23 +203,29 @@ class SplitTrainer:
 
         acc = (jnp.argmax(reply.logits, -1) == y).mean()
         new_parties = () if _empty(parties) else {"client": p_client, "server": reply.state}
-        return Exchange({"client": g_client, "server": reply.grads}, wire_state, new_parties, stop,
+        return Exchange({"client": g_client, "server": reply.grads}, wire_state, new_parties, stop, applies,
                         StepMetrics(reply.loss, acc, reg), Observed(z_sent, y, dz_sent))
 
     def step(self, state: SplitState, x: jax.Array, y: jax.Array, *, key: jax.Array
              ) -> tuple[SplitState, StepMetrics, Observed]:
         """One training step on batch ``(x, y)``: the six steps, then both optimizers. Once a
-        client party has stopped training, steps leave the parameters as they are."""
+        client party has stopped training, steps leave the parameters as they are; on a
+        probe batch (the client party's ``send`` says so) the client keeps its own."""
         ex = self.exchange(state.params, state.wire_state, state.parties, x, y, key=key, step=state.step)
         new_params, new_opt = {}, {}
         for side, opt in (("client", self.client_opt), ("server", self.server_opt)):
             updates, new_opt[side] = opt.update(ex.grads[side], state.opt_state[side], state.params[side])
             new_params[side] = optax.apply_updates(state.params[side], updates)
         stopped = state.stopped
-        if self.client.can_stop:
-            stopped = state.stopped | ex.stop
-            keep = functools.partial(jax.tree.map, lambda old, new: jnp.where(stopped, old, new))
-            new_params, new_opt = keep(state.params, new_params), keep(state.opt_state, new_opt)
+        if self.client.can_stop or self.client.alters_batches:
+            if self.client.can_stop:
+                stopped = state.stopped | ex.stop
+            halt = stopped if self.client.can_stop else jnp.zeros((), bool)
+            hold = {"client": halt | ~ex.client_applies, "server": halt}
+            for side in ("client", "server"):
+                keep = functools.partial(jax.tree.map, lambda old, new, h=hold[side]: jnp.where(h, old, new))
+                new_params[side] = keep(state.params[side], new_params[side])
+                new_opt[side] = keep(state.opt_state[side], new_opt[side])
         return (SplitState(new_params, new_opt, ex.wire_state, state.step + 1, ex.parties, stopped),
                 ex.metrics, ex.observed)
 
