@@ -175,3 +175,25 @@ def test_server_from_a_spec_and_active_runs_never_share_training(tmp_path):
 def test_bad_party_specs_fail_before_any_work(field, value, match):
     with pytest.raises(SpecError, match=match):
         ExperimentSpec(**{**TINY.to_dict(), field: value}).build()
+
+
+def test_the_phases_of_a_step_run_apart_as_two_processes_would():
+    """client_send | server_reply | client_receive, each jitted on its own with only its
+    party's parameters, give the exchange's messages and gradients."""
+    x, y = _batch()
+    t = _trainer(server=LabelShiftServer(), client=ProbeEveryOther())
+    s = t.init()
+    key, step = jax.random.key(7), jnp.ones((), jnp.int32)  # step 1: a probe batch
+    ex = jax.jit(lambda s: t.exchange(s.params, s.wire_state, s.parties, x, y, key=key, step=step))(s)
+    send = jax.jit(lambda pc, party, ws: t.client_send(pc, party, ws, x, y, key=key, step=step))
+    z, labels, ws, kept = send(s.params["client"], s.parties["client"], s.wire_state)
+    dz, ws, reply = jax.jit(lambda ps, party, ws, z, l: t.server_reply(ps, party, ws, z, l, key=key))(
+        s.params["server"], s.parties["server"], ws, z, labels)
+    g_client, party, stop, _ = jax.jit(lambda pc, kept, dz: t.client_receive(pc, kept, dz, key=key, step=step))(
+        s.params["client"], kept, dz)
+    np.testing.assert_array_equal(labels, (y + 1) % 10)
+    for a, b in [(z, ex.observed.smash), (dz, ex.observed.cut_grads), (g_client, ex.grads["client"]),
+                 (reply.grads, ex.grads["server"]), (party, ex.parties["client"])]:
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+    assert not bool(kept.applies) and not bool(stop)

@@ -26,12 +26,12 @@ import numpy as np
 import optax
 
 from split_workbench.data.base import shuffled_batches
-from split_workbench.parties import ClientStrategy, HonestClient, HonestServer, ServerStrategy
+from split_workbench.parties import ClientStrategy, HonestClient, HonestServer, ServerReply, ServerStrategy
 from split_workbench.split import SplitModel
 from split_workbench.transforms import GradPrivatizer, LossTerm
 from split_workbench.wire import Tap, Traffic, Wire, WireState
 
-__all__ = ["SplitState", "StepMetrics", "Observed", "Exchange", "SplitTrainer", "cross_entropy"]
+__all__ = ["SplitState", "StepMetrics", "Observed", "ClientKept", "Exchange", "SplitTrainer", "cross_entropy"]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -64,6 +64,18 @@ class Observed(NamedTuple):
     smash: jax.Array  # received by the server
     labels: jax.Array  # received by the server
     cut_grads: jax.Array  # received by the client
+
+
+class ClientKept(NamedTuple):
+    """What the client keeps between sending the smash and receiving the cut gradient."""
+
+    x: jax.Array  # the batch it sent (a probe's, if its party chose one)
+    labels: jax.Array
+    z: jax.Array  # its smash before the wire
+    smash_sent: jax.Array  # its smash as sent
+    vjp: Any  # the vjp of its forward pass (a pytree: it can cross a jit boundary)
+    party: Any  # its party state
+    applies: jax.Array  # bool scalar: whether it applies this step's update
 
 
 class Exchange(NamedTuple):
@@ -161,50 +173,72 @@ class SplitTrainer:
 
     def exchange(self, params: dict, wire_state: WireState, parties, x: jax.Array, y: jax.Array, *,
                  key: jax.Array, step: jax.Array) -> Exchange:
-        """One step's messages between the two parties, and the gradients of both halves."""
-        client = self.model.client
-        k_fwd, k_bwd, k_priv = jax.random.split(key, 3)
+        """One step's messages between the two parties, and the gradients of both halves:
+        ``client_send``, then ``server_reply``, then ``client_receive``. Each phase sees only
+        its own party's parameters and state and the messages; each derives its randomness
+        from the step's ``key`` (so two processes holding one party each can run them)."""
         p_client, p_server = ((), ()) if _empty(parties) else (parties["client"], parties["server"])
+        z_sent, y_sent, wire_state, kept = self.client_send(params["client"], p_client, wire_state, x, y,
+                                                            key=key, step=step)
+        dz_sent, wire_state, reply = self.server_reply(params["server"], p_server, wire_state, z_sent, y_sent,
+                                                       key=key)
+        g_client, p_client, stop, reg = self.client_receive(params["client"], kept, dz_sent, key=key, step=step)
+        acc = (jnp.argmax(reply.logits, -1) == y_sent).mean()
+        new_parties = () if _empty(parties) else {"client": p_client, "server": reply.state}
+        return Exchange({"client": g_client, "server": reply.grads}, wire_state, new_parties, stop, kept.applies,
+                        StepMetrics(reply.loss, acc, reg), Observed(z_sent, y_sent, dz_sent))
+
+    def client_send(self, client_params, party, wire_state: WireState, x: jax.Array, y: jax.Array, *,
+                    key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array, WireState, "ClientKept"]:
+        """The client's half of steps 1-2: its party chooses the batch (a probe, or the batch
+        itself), the client computes the smash and sends it through the forward transforms.
+        Returns ``(smash as sent, labels as sent, wire state, what the client keeps)``."""
         applies = jnp.ones((), bool)
-        if self.client.alters_batches:  # 0. the client party chooses what it sends (e.g. a probe batch)
-            p_client, x, y, applies = self.client.send(p_client, x, y, key=jax.random.fold_in(key, 4), step=step)
-
+        if self.client.alters_batches:  # the client party chooses what it sends (e.g. a probe batch)
+            party, x, y, applies = self.client.send(party, x, y, key=jax.random.fold_in(key, 4), step=step)
         # 1. client forward, keeping the vjp for step 6
-        z, client_vjp = jax.vjp(lambda p: client.apply(p, x), params["client"])
+        z, client_vjp = jax.vjp(lambda p: self.model.client.apply(p, x), client_params)
         # 2. smash across the wire
-        z_sent, wire_state = self.wire.send_forward(z, wire_state, key=k_fwd)
+        z_sent, wire_state = self.wire.send_forward(z, wire_state, key=jax.random.split(key, 3)[0])
+        return z_sent, y, wire_state, ClientKept(x, y, z, z_sent, client_vjp, party, applies)
 
-        # 3-4. the server party: what it computes on the received smash and sends back
-        reply = self.server.respond(self.model, self.loss, params["server"], p_server, z_sent, y,
+    def server_reply(self, server_params, party, wire_state: WireState, smash: jax.Array, labels: jax.Array, *,
+                     key: jax.Array) -> tuple[jax.Array, WireState, ServerReply]:
+        """The server's half, steps 3-5: its strategy responds to the received smash and
+        labels, and the cut gradient goes back through the backward transforms. Returns
+        ``(cut gradient as sent, wire state, the server's reply)``."""
+        reply = self.server.respond(self.model, self.loss, server_params, party, smash, labels,
                                     key=jax.random.fold_in(key, 3))
-        # 5. cut gradient across the wire; the client party inspects what it received
-        dz_sent, wire_state = self.wire.send_backward(reply.cut_grads, wire_state, key=k_bwd, labels=y)
-        p_client, stop = self.client.inspect(p_client, z_sent, dz_sent, y, step=step)
+        dz_sent, wire_state = self.wire.send_backward(reply.cut_grads, wire_state, key=jax.random.split(key, 3)[1],
+                                                      labels=labels)
+        return dz_sent, wire_state, reply
 
-        # 6. client backward through the saved vjp, plus the client's own loss terms
-        cotangent, reg = dz_sent, jnp.zeros((), jnp.float32)
+    def client_receive(self, client_params, kept: "ClientKept", cut_grads: jax.Array, *, key: jax.Array,
+                       step: jax.Array) -> tuple[Any, Any, jax.Array, jax.Array]:
+        """The client's half of steps 5-6: its party inspects the received cut gradient (and
+        may ask to stop), then the client backpropagates it, plus its own loss terms.
+        Returns ``(client gradients, party state, stop, the loss terms' value)``."""
+        party, stop = self.client.inspect(kept.party, kept.smash_sent, cut_grads, kept.labels, step=step)
+        x, z = kept.x, kept.z
+        cotangent, reg = cut_grads, jnp.zeros((), jnp.float32)
         if self.loss_terms:
             def client_reg(z_):
                 return sum(t.weight * t.fn(x, z_) for t in self.loss_terms)
             reg, g_reg = jax.value_and_grad(client_reg)(z)
-            cotangent = dz_sent + g_reg
+            cotangent = cut_grads + g_reg
         if self.privatizer is None:
-            (g_client,) = client_vjp(cotangent)
+            (g_client,) = kept.vjp(cotangent)
         else:
             # The batch mean in the loss makes each row of dz carry a 1/B factor; per-example
             # gradients are those of each example's own loss, so that factor is undone.
             b = x.shape[0]
 
             def one(xi, ci):
-                _, vjp_i = jax.vjp(lambda p: client.apply(p, xi[None]), params["client"])
+                _, vjp_i = jax.vjp(lambda p: self.model.client.apply(p, xi[None]), client_params)
                 return vjp_i(ci[None] * b)[0]
 
-            g_client = self.privatizer(jax.vmap(one)(x, cotangent), key=k_priv)
-
-        acc = (jnp.argmax(reply.logits, -1) == y).mean()
-        new_parties = () if _empty(parties) else {"client": p_client, "server": reply.state}
-        return Exchange({"client": g_client, "server": reply.grads}, wire_state, new_parties, stop, applies,
-                        StepMetrics(reply.loss, acc, reg), Observed(z_sent, y, dz_sent))
+            g_client = self.privatizer(jax.vmap(one)(x, cotangent), key=jax.random.split(key, 3)[2])
+        return g_client, party, stop, reg
 
     def step(self, state: SplitState, x: jax.Array, y: jax.Array, *, key: jax.Array
              ) -> tuple[SplitState, StepMetrics, Observed]:
