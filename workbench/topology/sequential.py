@@ -21,8 +21,6 @@ A client with no full batch still takes its turn (it passes the weights on uncha
 
 from __future__ import annotations
 
-import weakref
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,9 +39,7 @@ from split_workbench.topology.clients import (
     tree_weighted_mean,
 )
 
-__all__ = ["split_learning", "splitfed_v2", "turn"]
-
-_TURNS: "weakref.WeakKeyDictionary[SplitTrainer, object]" = weakref.WeakKeyDictionary()
+__all__ = ["split_learning", "splitfed_v2", "turn", "run_clients"]
 
 
 def turn(trainer: SplitTrainer, state: SplitState, x_all, y_all, ids_SxB, valid_S, *, key
@@ -53,10 +49,7 @@ def turn(trainer: SplitTrainer, state: SplitState, x_all, y_all, ids_SxB, valid_
     Step ``s`` uses ``fold_in(key, s)``; invalid (padding) steps leave the state as it is,
     so ``state.step`` counts the steps that really ran.
     """
-    fn = _TURNS.get(trainer)
-    if fn is None:
-        fn = _TURNS[trainer] = jax.jit(lambda *a: _turn(trainer, *a))
-    return fn(state, x_all, y_all, ids_SxB, valid_S, key)
+    return _turn_jit(trainer, state, x_all, y_all, ids_SxB, valid_S, key)
 
 
 def _turn(trainer, state, x_all, y_all, ids_SxB, valid_S, key):
@@ -73,8 +66,17 @@ def _turn(trainer, state, x_all, y_all, ids_SxB, valid_S, key):
     return jax.lax.scan(body, state, (jnp.arange(ids_SxB.shape[0]), ids_SxB, valid_S))
 
 
-def _run(trainer: SplitTrainer, task: Task, *, epochs: int, key, network: NetworkModel, mode: str,
-         name: str) -> TopologyResult:
+# The trainer is static (hashed by identity): jax.jit's own cache holds one program per trainer.
+_turn_jit = jax.jit(_turn, static_argnums=0)
+
+
+def run_clients(trainer: SplitTrainer, task: Task, *, epochs: int, key, network: NetworkModel, mode: str,
+                name: str) -> tuple[TopologyResult, SplitState]:
+    """Round-robin split learning (``mode`` "peer", "server" or "none") or SplitFed V2
+    (``mode="sflv2"``); returns the accounting and client 0's final state (its client part
+    and optimizer state, the server part, the wire state, the steps run). Each history
+    entry also holds the epoch's ``steps``, ``train_loss``, ``train_accuracy`` and
+    ``client_reg`` (means over the steps every client ran)."""
     sm, clients = trainer.model, task.clients
     k_num, b = clients.num_clients, clients.batch_size
     st0 = trainer.init()
@@ -100,12 +102,14 @@ def _run(trainer: SplitTrainer, task: Task, *, epochs: int, key, network: Networ
         if mode == "sflv2":
             order = np.asarray(jax.random.permutation(jax.random.fold_in(plan_key(key, e), 1), k_num))
         samples = np.zeros(k_num)
+        sums = np.zeros(3)  # loss, accuracy, client_reg summed over the epoch's valid steps
         for k in map(int, order):
             params = {"client": pcs[k] if per_client else pc, "server": server[0]}
             st = SplitState(params, {"client": ocs[k], "server": server[1]}, server[2], server[3])
             before = int(st.step)
-            st, _ = turn(trainer, st, task.x_train, task.y_train, ids[k], valid[k], key=keys[k])
+            st, m = turn(trainer, st, task.x_train, task.y_train, ids[k], valid[k], key=keys[k])
             steps = int(st.step) - before  # steps the jitted turn really executed
+            sums += [float(m.loss.sum()), float(m.accuracy.sum()), float(m.client_reg.sum())]  # invalid steps are 0
             if per_client:
                 pcs[k] = st.params["client"]
             else:
@@ -136,12 +140,18 @@ def _run(trainer: SplitTrainer, task: Task, *, epochs: int, key, network: Networ
             ledger.move(SERVER, np.arange(k_num), "weights", tree_nbytes(avg))
             pcs = [avg] * k_num
             sim += float(network.up(wbytes) + network.down(wbytes))
+        n_steps = max(int(samples.sum()) // b, 1)
         history.append({"epoch": e + 1, "test_accuracy": _test_accuracy(sm, pcs if per_client else [pc],
-                                                                         server[0], task)})
+                                                                         server[0], task),
+                        "steps": int(samples.sum()) // b, "train_loss": sums[0] / n_steps,
+                        "train_accuracy": sums[1] / n_steps, "client_reg": sums[2] / n_steps})
     params = {"client": pc if not per_client else pcs, "server": server[0]}
     parties = sm.param_counts
-    return TopologyResult(name, k_num, epochs, {"client": parties["client"], "server": parties["server"]},
-                          ledger, cflops, sflops, sim, busy, network, int(clients.samples.sum()), history, params)
+    result = TopologyResult(name, k_num, epochs, {"client": parties["client"], "server": parties["server"]},
+                            ledger, cflops, sflops, sim, busy, network, int(clients.samples.sum()), history, params)
+    client0 = SplitState({"client": pcs[0] if per_client else pc, "server": server[0]},
+                         {"client": ocs[0], "server": server[1]}, server[2], server[3])
+    return result, client0
 
 
 def _test_accuracy(sm, client_parts, server_params, task: Task) -> float:
@@ -161,13 +171,14 @@ def split_learning(trainer: SplitTrainer, task: Task, *, epochs: int, key: jax.A
     if handover not in ("peer", "server", "none"):
         raise ValueError(f"handover must be 'peer', 'server' or 'none', got {handover!r}")
     name = {"peer": "SL (peer hand-over)", "server": "SL (hand-over via server)", "none": "SL (own client parts)"}
-    return _run(trainer, task, epochs=epochs, key=key, network=network, mode=handover, name=name[handover])
+    return run_clients(trainer, task, epochs=epochs, key=key, network=network, mode=handover,
+                       name=name[handover])[0]
 
 
 def splitfed_v2(trainer: SplitTrainer, task: Task, *, epochs: int, key: jax.Array,
                 network: NetworkModel = NetworkModel()) -> TopologyResult:
     """SplitFed V2: the server serves clients in sequence; client parts averaged each epoch."""
-    return _run(trainer, task, epochs=epochs, key=key, network=network, mode="sflv2", name="SplitFed V2")
+    return run_clients(trainer, task, epochs=epochs, key=key, network=network, mode="sflv2", name="SplitFed V2")[0]
 
 
 def same_optimizer_trainer(sm, optimizer: optax.GradientTransformation) -> SplitTrainer:

@@ -12,14 +12,12 @@ uploads and downloads eta*N parameters. An epoch is one jitted ``lax.scan``.
 
 from __future__ import annotations
 
-import weakref
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from split_workbench.protocol import SplitTrainer
+from split_workbench.protocol import SplitState, SplitTrainer
 from split_workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult
 from split_workbench.topology.clients import (
     Task,
@@ -32,9 +30,7 @@ from split_workbench.topology.clients import (
     tree_weighted_mean,
 )
 
-__all__ = ["splitfed_v1", "sflv1_epoch"]
-
-_EPOCHS: "weakref.WeakKeyDictionary[SplitTrainer, object]" = weakref.WeakKeyDictionary()
+__all__ = ["splitfed_v1", "sflv1_epoch", "run_splitfed_v1"]
 
 
 def _select(v_K, new, old):
@@ -62,29 +58,41 @@ def _epoch(trainer, pc_K, oc_K, ps, os_, ws_K, x_all, y_all, ids_KxSxB, valid_Kx
         pc_K = _select(v_K, optax.apply_updates(pc_K, uc_K), pc_K)
         oc_K = _select(v_K, oc_new, oc_K)
         ws_K = _select(v_K, ws_new, ws_K)
-        return (pc_K, oc_K, ps, os_, ws_K, steps_K + v_K.astype(jnp.int32)), m_K.loss
+        vf = v_K.astype(jnp.float32)
+        sums = jnp.stack([(m_K.loss * vf).sum(), (m_K.accuracy * vf).sum(), (m_K.client_reg * vf).sum()])
+        return (pc_K, oc_K, ps, os_, ws_K, steps_K + v_K.astype(jnp.int32)), sums
 
     steps0 = jnp.zeros(valid_KxS.shape[0], jnp.int32)
     inputs = (jnp.arange(ids_KxSxB.shape[1]), ids_KxSxB.transpose(1, 0, 2), valid_KxS.T)
-    carry, _ = jax.lax.scan(body, (pc_K, oc_K, ps, os_, ws_K, steps0), inputs)
-    return carry
+    carry, sums_S = jax.lax.scan(body, (pc_K, oc_K, ps, os_, ws_K, steps0), inputs)
+    return (*carry, sums_S.sum(0))
+
+
+# The trainer is static (hashed by identity): jax.jit's own cache holds one program per trainer.
+_epoch_jit = jax.jit(_epoch, static_argnums=0)
 
 
 def sflv1_epoch(trainer: SplitTrainer, pc_K, oc_K, ps, os_, ws_K, x_all, y_all, ids_KxSxB, valid_KxS, keys_K):
     """One SFLV1 epoch (before the client parts are averaged), jitted as one program.
 
     Returns ``(client params (K,...), client opt states, server params, server opt state,
-    wire states, steps run per client (K,))``.
+    wire states, steps run per client (K,), (loss, accuracy, client_reg) summed over the
+    valid client-steps)``.
     """
-    fn = _EPOCHS.get(trainer)
-    if fn is None:
-        fn = _EPOCHS[trainer] = jax.jit(lambda *a: _epoch(trainer, *a))
-    return fn(pc_K, oc_K, ps, os_, ws_K, x_all, y_all, ids_KxSxB, valid_KxS, keys_K)
+    return _epoch_jit(trainer, pc_K, oc_K, ps, os_, ws_K, x_all, y_all, ids_KxSxB, valid_KxS, keys_K)
 
 
 def splitfed_v1(trainer: SplitTrainer, task: Task, *, epochs: int, key: jax.Array,
                 network: NetworkModel = NetworkModel()) -> TopologyResult:
     """SplitFed V1 with ``task.clients`` in parallel (see the module docstring)."""
+    return run_splitfed_v1(trainer, task, epochs=epochs, key=key, network=network)[0]
+
+
+def run_splitfed_v1(trainer: SplitTrainer, task: Task, *, epochs: int, key: jax.Array,
+                    network: NetworkModel = NetworkModel()) -> tuple[TopologyResult, SplitState]:
+    """SplitFed V1, returning the accounting and client 0's final state (the averaged client
+    part, its optimizer and wire states, the server part, the steps it ran); each history
+    entry also holds ``steps``, ``train_loss``, ``train_accuracy`` and ``client_reg``."""
     sm, clients = trainer.model, task.clients
     k_num, b = clients.num_clients, clients.batch_size
     st0 = trainer.init()
@@ -97,9 +105,10 @@ def splitfed_v1(trainer: SplitTrainer, task: Task, *, epochs: int, key: jax.Arra
     ledger = Ledger(k_num)
     cflops, sflops, busy, sim, history = np.zeros(k_num), 0.0, np.zeros(k_num), 0.0, []
     agg_flops = 2.0 * k_num * sm.param_counts["client"]
+    total_steps = 0
     for e in range(epochs):
         ids, valid = epoch_plan(clients, key=plan_key(key, e))
-        pc_K, oc_K, ps, os_, ws_K, steps_K = sflv1_epoch(trainer, pc_K, oc_K, ps, os_, ws_K, task.x_train,
+        pc_K, oc_K, ps, os_, ws_K, steps_K, sums = sflv1_epoch(trainer, pc_K, oc_K, ps, os_, ws_K, task.x_train,
                                                          task.y_train, ids, valid, step_keys(key, e, k_num))
         steps = np.asarray(steps_K, np.int64)  # steps each client really ran
         everyone = np.arange(k_num)
@@ -123,9 +132,17 @@ def splitfed_v1(trainer: SplitTrainer, task: Task, *, epochs: int, key: jax.Arra
         sim += float((client_s + up_s + down_s + network.server(flops["server_train"] * b * active)).sum())
         sim += float(network.up(tree_nbytes(pc)) + network.down(tree_nbytes(pc)) + network.server(agg_flops))
         busy += client_s * steps
+        n_steps, sums = int(steps.sum()), np.asarray(sums)
         history.append({"epoch": e + 1, "test_accuracy": accuracy(sm.apply, {"client": pc, "server": ps},
-                                                                  task.x_test, task.y_test)})
+                                                                  task.x_test, task.y_test),
+                        "steps": n_steps, "train_loss": float(sums[0]) / max(n_steps, 1),
+                        "train_accuracy": float(sums[1]) / max(n_steps, 1),
+                        "client_reg": float(sums[2]) / max(n_steps, 1)})
+        total_steps += n_steps
     parties = sm.param_counts
-    return TopologyResult("SplitFed V1", k_num, epochs, {"client": parties["client"], "server": parties["server"]},
-                          ledger, cflops, sflops, sim, busy, network, int(clients.samples.sum()), history,
-                          {"client": pc, "server": ps})
+    result = TopologyResult("SplitFed V1", k_num, epochs, {"client": parties["client"], "server": parties["server"]},
+                            ledger, cflops, sflops, sim, busy, network, int(clients.samples.sum()), history,
+                            {"client": pc, "server": ps})
+    client0 = SplitState({"client": pc, "server": ps}, {"client": jax.tree.map(lambda a: a[0], oc_K), "server": os_},
+                         jax.tree.map(lambda a: a[0], ws_K), jnp.asarray(total_steps, jnp.int32))
+    return result, client0

@@ -17,6 +17,7 @@ one jitted ``lax.scan``; gradients equal ``jax.grad`` of the uncut model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +28,11 @@ from flax import nnx
 from split_workbench.protocol import cross_entropy
 from split_workbench.split import Half, count_params, split
 from split_workbench.topology.accounting import SERVER, Ledger, NetworkModel, TopologyResult, cost_flops
-from split_workbench.topology.clients import Task, accuracy, epoch_plan, plan_key, tree_nbytes
+from split_workbench.topology.clients import Task, accuracy, epoch_plan, plan_key, step_keys, tree_nbytes
+from split_workbench.transforms import LossTerm
+from split_workbench.wire import Wire, WireState
 
-__all__ = ["UShapedModel", "u_split", "UShapedTrainer", "u_shaped"]
+__all__ = ["UShapedModel", "u_split", "UShapedTrainer", "UExchange", "u_shaped", "run_u_shaped"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,68 +90,145 @@ def u_split(model, cut1: str, cut2: str) -> UShapedModel:
                         outer.input_shape, outer.smash_shape, inner.smash_shape)
 
 
+class UExchange(NamedTuple):
+    """One U-shaped step: the gradients, the four messages as received, the metrics and the
+    wires' new states."""
+
+    grads: dict  # {"front", "middle", "head"}
+    messages: tuple  # (z1 received by the server, z2 received by the client, dz2 received by the server,
+    #                  dz1 received by the client)
+    loss: jax.Array
+    accuracy: jax.Array
+    client_reg: jax.Array
+    wire_state: tuple  # (cut 1's WireState, cut 2's WireState)
+
+
 @dataclass(frozen=True, eq=False)
 class UShapedTrainer:
+    """Trains a ``UShapedModel``; every message crosses a wire.
+
+    Attributes:
+      model: the U-shaped split.
+      client_opt: the client's optimizer (front and head); server_opt: the server's (middle).
+      wire: cut 1: ``forward`` carries ``z1`` (client -> server), ``backward`` carries ``dz1``
+        (server -> client), ``inference`` the deployed client's ``z1``.
+      wire2: cut 2: ``forward`` carries ``z2`` (server -> client), ``backward`` carries
+        ``dz2`` (client -> server; the client holds the labels, so label-dependent
+        transforms such as Marvell work here).
+      loss_terms: the client's regularisers on ``(x, z1)`` (e.g. NoPeek).
+    """
+
     model: UShapedModel
     client_opt: optax.GradientTransformation
     server_opt: optax.GradientTransformation
-    _jit: dict = field(default_factory=dict, repr=False)
+    wire: Wire = field(default_factory=Wire)
+    wire2: Wire = field(default_factory=Wire)
+    loss_terms: tuple[LossTerm, ...] = ()
+
+    def init_wire(self) -> tuple[WireState, WireState]:
+        m = self.model
+        z1, z2 = jnp.zeros((1, *m.cut1_shape)), jnp.zeros((1, *m.cut2_shape))
+        return self.wire.init(z1, z1), self.wire2.init(z2, z2)
+
+    def exchange(self, params, wire_state, x, y, *, key: jax.Array) -> UExchange:
+        """One step's four messages through the two wires, and the gradients of the three parts.
+
+        With identity wires and no loss terms the gradients equal ``jax.grad`` of the uncut model.
+        """
+        m = self.model
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        ws1, ws2 = wire_state
+        z1, vjp_front = jax.vjp(lambda p: m.front.apply(p, x), params["front"])  # client
+        z1_in, ws1 = self.wire.send_forward(z1, ws1, key=k1)
+        z2, vjp_middle = jax.vjp(m.middle.apply, params["middle"], z1_in)  # server, on received z1
+        z2_in, ws2 = self.wire2.send_forward(z2, ws2, key=k2)
+
+        def head_loss(p, z):  # client, on received z2; labels stay here
+            logits = m.head.apply(p, z)
+            return cross_entropy(logits, y), logits
+
+        (loss, logits), (g_head, dz2) = jax.value_and_grad(head_loss, argnums=(0, 1), has_aux=True)(params["head"],
+                                                                                                     z2_in)
+        dz2_in, ws2 = self.wire2.send_backward(dz2, ws2, key=k3, labels=y)
+        g_middle, dz1 = vjp_middle(dz2_in)  # server, on received dz2
+        dz1_in, ws1 = self.wire.send_backward(dz1, ws1, key=k4)
+        cotangent, reg = dz1_in, jnp.zeros((), jnp.float32)
+        if self.loss_terms:
+            reg, g_reg = jax.value_and_grad(lambda z: sum(t.weight * t.fn(x, z) for t in self.loss_terms))(z1)
+            cotangent = dz1_in + g_reg
+        (g_front,) = vjp_front(cotangent)  # client, on received dz1
+        acc = (jnp.argmax(logits, -1) == y).mean()
+        return UExchange({"front": g_front, "middle": g_middle, "head": g_head}, (z1_in, z2_in, dz2_in, dz1_in),
+                         loss, acc, reg, (ws1, ws2))
 
     def messages(self, params, x, y):
-        """The step's four messages and the gradients: ``(grads, (z1, z2, dz2, dz1), loss)``."""
-        m = self.model
-        z1, vjp_front = jax.vjp(lambda p: m.front.apply(p, x), params["front"])  # client
-        z2, vjp_middle = jax.vjp(m.middle.apply, params["middle"], z1)  # server, on received z1
-        loss, (g_head, dz2) = jax.value_and_grad(  # client, on received z2; labels stay here
-            lambda p, z: cross_entropy(m.head.apply(p, z), y), argnums=(0, 1))(params["head"], z2)
-        g_middle, dz1 = vjp_middle(dz2)  # server, on received dz2
-        (g_front,) = vjp_front(dz1)  # client, on received dz1
-        return {"front": g_front, "middle": g_middle, "head": g_head}, (z1, z2, dz2, dz1), loss
+        """The step's four messages without the wires' transforms, and the gradients:
+        ``(grads, (z1, z2, dz2, dz1), loss)``."""
+        bare = UShapedTrainer(self.model, self.client_opt, self.server_opt)
+        ex = bare.exchange(params, bare.init_wire(), x, y, key=jax.random.key(0))  # identity wires draw nothing
+        return ex.grads, ex.messages, ex.loss
 
     def traffic(self, batch_size: int) -> dict[str, int]:
-        """Bytes per step of each message, from the shapes and dtypes of the arrays sent."""
-        x = jax.ShapeDtypeStruct((batch_size, *self.model.input_shape), jnp.float32)
-        y = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-        _, msgs, _ = jax.eval_shape(self.messages, self.model.params, x, y)
-        nb = [int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in msgs]
-        return {"up_activations": nb[0], "down_activations": nb[1], "up_gradients": nb[2], "down_gradients": nb[3]}
+        """Bytes per step of each message as sent (after a compressing transform, its encoding)."""
+        m = self.model
+        t1 = self.wire.traffic(batch_size, m.cut1_shape, jnp.float32)
+        t2 = self.wire2.traffic(batch_size, m.cut2_shape, jnp.float32)
+        return {"up_activations": t1.forward, "down_activations": t2.forward, "up_gradients": t2.backward,
+                "down_gradients": t1.backward}
 
     def init(self):
         p = self.model.params
         client = {"front": p["front"], "head": p["head"]}
         return p, self.client_opt.init(client), self.server_opt.init(p["middle"])
 
-    def turn(self, params, oc, os_, x_all, y_all, ids_SxB, valid_S):
-        """One client's epoch: a ``lax.scan`` over its valid batches (padding steps skipped)."""
-        fn = self._jit.get("turn")
-        if fn is None:
-            fn = self._jit["turn"] = jax.jit(self._turn)
-        return fn(params, oc, os_, x_all, y_all, ids_SxB, valid_S)
+    def turn(self, params, oc, os_, wire_state, x_all, y_all, ids_SxB, valid_S, *, key: jax.Array):
+        """One client's epoch: a ``lax.scan`` over its valid batches (padding steps skipped);
+        step ``s`` uses ``fold_in(key, s)``. Returns ``(params, client opt state, server opt
+        state, wire state, steps run, (loss, accuracy, client_reg) summed over them)``."""
+        return _turn_jit(self, params, oc, os_, wire_state, x_all, y_all, ids_SxB, valid_S, key)
 
-    def _turn(self, params, oc, os_, x_all, y_all, ids_SxB, valid_S):
-        def run(carry, ids):
-            params, oc, os_, n = carry
-            g, _, _ = self.messages(params, x_all[ids], y_all[ids])
-            client = {"front": params["front"], "head": params["head"]}
-            uc, oc = self.client_opt.update({"front": g["front"], "head": g["head"]}, oc, client)
-            client = optax.apply_updates(client, uc)
-            us, os_ = self.server_opt.update(g["middle"], os_, params["middle"])
-            return {**client, "middle": optax.apply_updates(params["middle"], us)}, oc, os_, n + 1
 
-        def body(carry, inp):
-            ids, v = inp
-            return jax.lax.cond(v, lambda c: run(c, ids), lambda c: c, carry), None
+def _turn(trainer: UShapedTrainer, params, oc, os_, ws, x_all, y_all, ids_SxB, valid_S, key):
+    def run(carry, s, ids):
+        params, oc, os_, ws, n, sums = carry
+        ex = trainer.exchange(params, ws, x_all[ids], y_all[ids], key=jax.random.fold_in(key, s))
+        g = ex.grads
+        client = {"front": params["front"], "head": params["head"]}
+        uc, oc = trainer.client_opt.update({"front": g["front"], "head": g["head"]}, oc, client)
+        client = optax.apply_updates(client, uc)
+        us, os_ = trainer.server_opt.update(g["middle"], os_, params["middle"])
+        sums = sums + jnp.stack([ex.loss, ex.accuracy, ex.client_reg])
+        return {**client, "middle": optax.apply_updates(params["middle"], us)}, oc, os_, ex.wire_state, n + 1, sums
 
-        (params, oc, os_, n), _ = jax.lax.scan(body, (params, oc, os_, jnp.zeros((), jnp.int32)), (ids_SxB, valid_S))
-        return params, oc, os_, n
+    def body(carry, inp):
+        s, ids, v = inp
+        return jax.lax.cond(v, lambda c: run(c, s, ids), lambda c: c, carry), None
+
+    carry0 = (params, oc, os_, ws, jnp.zeros((), jnp.int32), jnp.zeros(3, jnp.float32))
+    carry, _ = jax.lax.scan(body, carry0, (jnp.arange(ids_SxB.shape[0]), ids_SxB, valid_S))
+    return carry
+
+
+# The trainer is static (hashed by identity): jax.jit's own cache holds one program per trainer.
+_turn_jit = jax.jit(_turn, static_argnums=0)
 
 
 def u_shaped(trainer: UShapedTrainer, task: Task, *, epochs: int, key: jax.Array,
              network: NetworkModel = NetworkModel()) -> TopologyResult:
     """Round-robin U-shaped split learning; client parts (front and head) handed peer to peer."""
+    return run_u_shaped(trainer, task, epochs=epochs, key=key, network=network)[0]
+
+
+def run_u_shaped(trainer: UShapedTrainer, task: Task, *, epochs: int, key: jax.Array,
+                 network: NetworkModel = NetworkModel()):
+    """``u_shaped``, also returning the final ``(params, client opt state of client 0, server
+    opt state, wire state, steps run)``; each history entry also holds ``steps``,
+    ``train_loss``, ``train_accuracy`` and ``client_reg``. Client k's step s uses
+    ``fold_in(step_keys(key, epoch, K)[k], s)``."""
     um, clients = trainer.model, task.clients
     k_num, b = clients.num_clients, clients.batch_size
     params, oc0, os_ = trainer.init()
+    ws = trainer.init_wire()
     ocs = [oc0] * k_num
     t, fl = trainer.traffic(b), um.flops()
     client_fl, server_fl = fl["front_train"] + fl["head_train"], fl["middle_train"]
@@ -156,11 +236,16 @@ def u_shaped(trainer: UShapedTrainer, task: Task, *, epochs: int, key: jax.Array
                    + network.up(t["up_activations"]) + network.up(t["up_gradients"])
                    + network.down(t["down_activations"]) + network.down(t["down_gradients"]))
     ledger, cflops, sflops, busy, sim, history = Ledger(k_num), np.zeros(k_num), 0.0, np.zeros(k_num), 0.0, []
+    total = 0
     for e in range(epochs):
         ids, valid = epoch_plan(clients, key=plan_key(key, e))
+        keys = step_keys(key, e, k_num)
+        sums, steps = np.zeros(3), 0
         for k in range(k_num):
-            params, ocs[k], os_, n = trainer.turn(params, ocs[k], os_, task.x_train, task.y_train, ids[k], valid[k])
+            params, ocs[k], os_, ws, n, s = trainer.turn(params, ocs[k], os_, ws, task.x_train, task.y_train, ids[k],
+                                                         valid[k], key=keys[k])
             n = int(n)
+            sums, steps = sums + np.asarray(s), steps + n
             ledger.move(k, SERVER, "activations", t["up_activations"] * n)
             ledger.move(SERVER, k, "activations", t["down_activations"] * n)
             ledger.move(k, SERVER, "gradients", t["up_gradients"] * n)
@@ -173,6 +258,10 @@ def u_shaped(trainer: UShapedTrainer, task: Task, *, epochs: int, key: jax.Array
                 nb = tree_nbytes({"front": params["front"], "head": params["head"]})
                 ledger.move(k, (k + 1) % k_num, "weights", nb)
                 sim += network.latency_s + nb / min(network.up_bytes_per_s, network.down_bytes_per_s)
-        history.append({"epoch": e + 1, "test_accuracy": accuracy(um.apply, params, task.x_test, task.y_test)})
-    return TopologyResult("U-shaped SL", k_num, epochs, um.param_counts, ledger, cflops, sflops, sim, busy,
-                          network, int(clients.samples.sum()), history, params, notes="labels never leave the client")
+        total += steps
+        history.append({"epoch": e + 1, "test_accuracy": accuracy(um.apply, params, task.x_test, task.y_test),
+                        "steps": steps, "train_loss": float(sums[0]) / max(steps, 1),
+                        "train_accuracy": float(sums[1]) / max(steps, 1), "client_reg": float(sums[2]) / max(steps, 1)})
+    result = TopologyResult("U-shaped SL", k_num, epochs, um.param_counts, ledger, cflops, sflops, sim, busy,
+                            network, int(clients.samples.sum()), history, params, notes="labels never leave the client")
+    return result, (params, ocs[0], os_, ws, total)
