@@ -39,10 +39,10 @@ from split_workbench.models import MODELS, make_model
 from split_workbench.parties import CLIENTS, SERVERS, ClientStrategy, ServerStrategy
 from split_workbench.registry import SpecError
 from split_workbench.split import _resolve_cut
+from split_workbench.topology import PARTITIONS, TOPOLOGIES, Topology, Vanilla
 
 __all__ = ["ExperimentSpec", "Built", "SpecError", "load_spec", "record_path", "package_versions"]
 
-TOPOLOGIES = ("vanilla",)
 OBSERVE = ("train", "inference")
 
 
@@ -69,6 +69,8 @@ class ExperimentSpec:
     delta: float = 1e-5
     server: str = "honest"
     client: str = "honest"
+    clients: int = 1
+    partition: str = "iid"
 
     def __post_init__(self):
         for name in ("defenses", "attacks"):
@@ -154,8 +156,6 @@ class ExperimentSpec:
             raise SpecError(f"field 'data': unknown dataset {self.data!r}; known: {names}")
         if self.model not in MODELS:
             raise SpecError(f"field 'model': unknown model {self.model!r}; known: {sorted(MODELS)}")
-        if self.topology not in TOPOLOGIES:
-            raise SpecError(f"field 'topology': {self.topology!r} is not one of {TOPOLOGIES}")
         if self.observe not in OBSERVE:
             raise SpecError(f"field 'observe': {self.observe!r} is not one of {OBSERVE}")
         if self.optimizer not in ("adam", "sgd"):
@@ -190,13 +190,50 @@ class ExperimentSpec:
                 raise SpecError(f"field {fld!r}: {e}") from None
             if not isinstance(parties[fld], proto):
                 raise SpecError(f"field {fld!r}: {getattr(self, fld)!r} does not build a {proto.__name__}")
+        topology, alpha = self._build_topology(datasets[self.data], cut_name, built, parties)
         return Built(self, cut_name, classes, tuple(built["defenses"]), tuple(built["attacks"]),
-                     parties["server"], parties["client"])
+                     parties["server"], parties["client"], topology, alpha)
+
+    def _build_topology(self, dataset: dict, cut: str, built: dict, parties: dict) -> tuple[Topology, float | None]:
+        """The topology and the partition's Dirichlet alpha (None: IID), checked against the
+        clients, the model on the dataset's inputs, the defenses and the attacks."""
+        for name, reg in (("topology", TOPOLOGIES), ("partition", PARTITIONS)):
+            if not isinstance(getattr(self, name), str):
+                raise SpecError(f"field {name!r} must be a spec string such as {reg.names()[0]!r}, "
+                                f"got {getattr(self, name)!r}; known: {reg.names()}")
+        if isinstance(self.clients, bool) or not isinstance(self.clients, int) or self.clients < 1:
+            raise SpecError(f"field 'clients' must be an integer >= 1, got {self.clients!r}")
+        try:
+            topology = TOPOLOGIES.build(self.topology)
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"field 'topology': {e}") from None
+        try:
+            alpha = PARTITIONS.build(self.partition)
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"field 'partition': {e}") from None
+
+        def make(*, key, input_shape):
+            return make_model(self.model, key=key, input_shape=input_shape, num_classes=dataset["classes"],
+                              **self.model_kwargs)
+
+        privatizer = any(getattr(d, "privatizer", None) is not None for d in built["defenses"])
+        honest = not (parties["server"].active or parties["client"].active or self.server != "honest"
+                      or self.client != "honest")
+        try:
+            topology.check(make, cut, input_shape=tuple(dataset["shape"]), clients=self.clients, alpha=alpha,
+                           privatizer=privatizer, honest=honest)
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"field 'topology': {e}") from None
+        for s, attack in zip(self.attacks, built["attacks"]):
+            why = topology.refuse(frozenset(attack.needs))
+            if why:
+                raise SpecError(f"field 'attacks': {s!r} needs {sorted(attack.needs)}, but {why}")
+        return topology, alpha
 
 
 # Fields added after records existed, at the values that mean "as before": left out of
 # ``to_dict`` (and so of the hash) at these values.
-LATER_FIELDS = {"server": "honest", "client": "honest"}
+LATER_FIELDS = {"server": "honest", "client": "honest", "clients": 1, "partition": "iid"}
 
 
 @dataclass(frozen=True)
@@ -209,6 +246,8 @@ class Built:
       num_classes: the dataset's number of classes.
       defenses, attacks: the built defense and attack objects, in spec order.
       server, client: the parties' strategies.
+      topology: the topology (``split_workbench.topology.TOPOLOGIES``), checked against the rest.
+      alpha: the partition's Dirichlet concentration (None: IID).
     """
 
     spec: ExperimentSpec
@@ -218,6 +257,8 @@ class Built:
     attacks: tuple
     server: ServerStrategy
     client: ClientStrategy
+    topology: Topology = Vanilla()
+    alpha: float | None = None
 
     @property
     def active(self) -> bool:

@@ -25,6 +25,7 @@ from split_workbench.observation import OBSERVATION_FIELDS, observe
 from split_workbench.orchestration.experiment import Built, ExperimentSpec, package_versions, record_path
 from split_workbench.protocol import SplitTrainer
 from split_workbench.split import split
+from split_workbench.topology import TopologyParts, TopologyTrainer
 from split_workbench.training import OPTIMIZERS, fit
 from split_workbench.wire import Wire
 
@@ -61,6 +62,32 @@ def build_trainer(built: Built, input_shape: tuple[int, ...]) -> SplitTrainer:
                         server=built.server, client=built.client)
 
 
+def build_topology_trainer(built: Built, input_shape: tuple[int, ...], y_train) -> TopologyTrainer:
+    """The topology a built spec names, ready to train: the spec's model (initialised from
+    ``fold_in(seed, 0)`` as in vanilla), its defenses on the topology's wire(s), and the
+    clients' shares of the private training set (partitioned with ``fold_in(seed, 5)``)."""
+    spec = built.spec
+    seed = jax.random.key(spec.seed)
+    parts = combine(list(built.defenses))
+    opt = OPTIMIZERS[spec.optimizer]
+
+    def make(*, key, input_shape):
+        return make_model(spec.model, key=key, input_shape=input_shape, num_classes=built.num_classes,
+                          **spec.model_kwargs)
+
+    return built.topology.build(
+        make, built.cut, TopologyParts(opt(spec.lr), opt(spec.lr), Wire(parts["forward"], parts["backward"],
+                                                                         parts["inference"]),
+                                       parts["loss_terms"], parts["privatizer"]),
+        input_shape=tuple(input_shape), num_classes=built.num_classes, labels=y_train, clients=spec.clients,
+        alpha=built.alpha, batch_size=spec.batch_size, model_key=jax.random.fold_in(seed, 0),
+        partition_key=jax.random.fold_in(seed, 5))
+
+
+def _vanilla(p: "Prepared") -> bool:
+    return p.built is None or p.built.topology.name == "vanilla"
+
+
 def prepare(spec: ExperimentSpec | Built) -> Prepared:
     """Builds the spec (once: pass a ``Built`` to skip it), loads the data, carves the
     attacker's auxiliary set out of the training set (disjoint from the private data) and
@@ -81,7 +108,9 @@ def prepare(spec: ExperimentSpec | Built) -> Prepared:
     x, y = x[perm], y[perm]
     if spec.targets > x.shape[0]:
         raise ValueError(f"targets {spec.targets} exceeds the {x.shape[0]} private training examples")
-    return Prepared(spec, build_trainer(built, ds.input_shape), x, y, ds.x_test, ds.y_test, aux.x_train,
+    trainer = (build_trainer(built, ds.input_shape) if built.topology.name == "vanilla"
+               else build_topology_trainer(built, ds.input_shape, y))
+    return Prepared(spec, trainer, x, y, ds.x_test, ds.y_test, aux.x_train,
                     aux.y_train, ds.num_classes, int(x.shape[0]), built)
 
 
@@ -127,8 +156,12 @@ def train_stage(p: Prepared, *, progress: bool = False, cache: TrainedModels | N
     fitted = cache.get(p) if cache is not None else None
     if fitted is not None:
         return fitted
-    fitted = fit(p.trainer, p.x_train, p.y_train, epochs=p.spec.epochs, batch_size=p.spec.batch_size,
-                 key=jax.random.fold_in(jax.random.key(p.spec.seed), 1), progress=progress)
+    key = jax.random.fold_in(jax.random.key(p.spec.seed), 1)
+    if _vanilla(p):
+        fitted = fit(p.trainer, p.x_train, p.y_train, epochs=p.spec.epochs, batch_size=p.spec.batch_size,
+                     key=key, progress=progress)
+    else:  # a topology (clients, cuts, parties): its own loop, the same history keys
+        fitted = p.trainer.fit(p.x_train, p.y_train, epochs=p.spec.epochs, key=key, x_test=p.x_test, y_test=p.y_test)
     if cache is not None:
         cache.put(p, fitted)
     return fitted
@@ -137,9 +170,19 @@ def train_stage(p: Prepared, *, progress: bool = False, cache: TrainedModels | N
 def observation(p: Prepared, state, key):
     """Everything any adversary could be granted on the spec's targets (the first private
     training examples, in the seeded shuffle of ``prepare``), through the wire the spec observes; each attack then gets
-    ``.only(attack.needs)``. Returns ``(observation, x_targets, y_targets)``."""
+    ``.only(attack.needs)``. Returns ``(observation, x_targets, y_targets)``.
+
+    With K clients the targets are client 0's first private examples and the observation is
+    of client 0; what each topology lets the adversary observe, and the input a
+    reconstruction is scored against (vertical: the whole input), is in
+    ``split_workbench.topology.runtime``."""
 
     n = p.spec.targets
+    if not _vanilla(p):
+        x_t, y_t = p.trainer.targets(p.x_train, p.y_train, n)
+        obs, x_scored = p.trainer.observe(state, x_t, y_t, grants=set(OBSERVATION_FIELDS) - {"input_shape"},
+                                          aux=(p.aux_x, p.aux_y), key=key, wire=p.spec.observe)
+        return obs, x_scored, y_t
     x_t, y_t = jnp.asarray(p.x_train[:n]), jnp.asarray(p.y_train[:n])
     obs = observe(p.trainer, state.params, x_t, y_t, grants=set(OBSERVATION_FIELDS) - {"input_shape"},
                   aux=(p.aux_x, p.aux_y), key=key, wire=p.spec.observe, parties=state.parties)
@@ -170,11 +213,12 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
     spec, trainer = p.spec, p.trainer
     key = jax.random.fold_in(jax.random.key(spec.seed), 3)
     t0 = time.perf_counter()
-    ev = trainer.evaluate(state.params, p.x_test, p.y_test)
+    vanilla = _vanilla(p)
+    ev = trainer.evaluate(state.params if vanilla else state, p.x_test, p.y_test)
     obs, x_t, y_t = observation(p, state, jax.random.fold_in(key, 0))
     n_dcor = min(256, p.x_train.shape[0])
     xd = jnp.asarray(p.x_train[:n_dcor])
-    z_clean = trainer.model.client.apply(state.params["client"], xd)
+    z_clean = trainer.model.client.apply(state.params["client"], xd) if vanilla else trainer.clean_smash(state, xd)
     dcor = float(metrics.distance_correlation(xd, z_clean))
     dcor_sq = float(metrics.distance_correlation_squared_distances(xd, z_clean))  # Titcombe et al.'s variant
     timings["evaluate"] = time.perf_counter() - t0
@@ -214,12 +258,14 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
                     "dcor_examples": n_dcor},
         "history": history,
         "bytes_per_epoch": {k: final[k] for k in ("forward_bytes", "backward_bytes", "label_bytes")},
-        "split": trainer.model.summary(),
+        "split": trainer.model.summary() if vanilla else trainer.summary(),
         "privacy": privacy,
         "attacks": attacks,
         "timings": timings,
         "versions": package_versions(),
     }
+    if not vanilla:
+        record["topology"] = trainer.describe()
     return record, {"original": np.asarray(x_t), **recons}
 
 
