@@ -28,7 +28,8 @@ from split_workbench.defenses.accounting import Schedule, calibrate_noise
 from split_workbench.data import load
 from split_workbench.metrics import ssim
 from split_workbench.training import fit
-from split_workbench.orchestration.runs import TrainConfig, build_trainer
+from split_workbench.orchestration.experiment import ExperimentSpec
+from split_workbench.orchestration.runner import build_trainer
 
 N, B, DELTA, EPOCHS = 3000, 32, 1e-5, 1
 
@@ -54,9 +55,9 @@ def specs() -> list[tuple[str, str]]:
 def one(spec: str, ds) -> dict:
     x, y = ds.x_train[:N], ds.y_train[:N]
     defenses = (spec,) if spec else ()
-    cfg = TrainConfig(data="fashion-mnist", model="he2019-lenet", cut="relu2", epochs=EPOCHS, batch_size=B,
-                      input_shape=(28, 28, 1), num_classes=10, defenses=defenses)
-    trainer = build_trainer(cfg)
+    cfg = ExperimentSpec(data="fashion-mnist", model="he2019-lenet", cut="relu2", epochs=EPOCHS, batch_size=B,
+                         defenses=defenses, attacks=())
+    trainer = build_trainer(cfg.build(), (28, 28, 1))
     steps = N // B
     t0 = time.perf_counter()
     res = fit(trainer, x, y, epochs=EPOCHS, batch_size=B, key=jax.random.key(1), x_test=ds.x_test[:2000],

@@ -4,7 +4,6 @@ A new defense must add a row to ``HARNESS``: its simple spec, its zero-strength 
 None where it has none, with the reason), and whether it draws randomness.
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,8 @@ from split_workbench import defenses
 from split_workbench.defenses import DEFENSES, build_defense, combine, is_identity
 from split_workbench.registry import SpecError
 from split_workbench.training import fit
-from split_workbench.orchestration.runs import TrainConfig, build_trainer
+from split_workbench.orchestration.experiment import ExperimentSpec
+from split_workbench.orchestration.runner import build_trainer
 
 # name: (spec, zero-strength spec or None, random)
 HARNESS = {
@@ -124,9 +124,14 @@ def test_dp_sgd_without_noise_or_clipping_is_the_mean_gradient():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b.mean(0), rtol=1e-6, atol=1e-7), out, g)
 
 
-def _config(spec, num_classes=10):
-    return TrainConfig(data="digits", model="mlp", model_kwargs={"hidden": (16, 8)}, batch_size=B,
-                       input_shape=(8, 8, 1), num_classes=num_classes, defenses=(spec,), seed=0)
+def _trainer(spec, classes=10):
+    """The trainer of an 8x8 MLP split with ``spec`` on the wire (a 2-class dataset for a
+    binary-only defense), built from an ExperimentSpec as every run builds it."""
+    data = "lfw-subset" if classes == 2 else "digits"
+    built = ExperimentSpec(data=data, model="mlp", model_kwargs={"hidden": (16, 8)}, batch_size=B,
+                           defenses=(spec,), seed=0, attacks=()).build()
+    assert built.num_classes == classes
+    return build_trainer(built, (8, 8, 1))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -134,7 +139,7 @@ def test_in_a_real_trainer(name):
     """Built through build_trainer; state carried through 3 steps of one jitted epoch
     (a lax.scan of the six-step protocol); evaluation through the inference wire."""
     classes = 2 if build_defense(HARNESS[name][0]).binary_labels else 10
-    trainer = build_trainer(_config(HARNESS[name][0], classes))
+    trainer = _trainer(HARNESS[name][0], classes)
     x = jax.random.uniform(jax.random.key(5), (3 * B, 8, 8, 1))
     y = jnp.arange(3 * B, dtype=jnp.int32) % classes
     state0 = trainer.init()
@@ -164,4 +169,4 @@ def test_bad_specs_fail_before_training(spec):
     with pytest.raises(SpecError):
         build_defense(spec)
     with pytest.raises(SpecError):
-        build_trainer(dataclasses.replace(_config("max_norm"), defenses=(spec,)))
+        _trainer(spec, 10)

@@ -10,7 +10,8 @@ import pytest
 from split_workbench.defenses import build_defense
 from split_workbench.defenses.compression import index_bytes, topk_k
 from split_workbench.defenses.label_leakage import max_norm_noise
-from split_workbench.orchestration.runs import TrainConfig, build_trainer
+from split_workbench.orchestration.experiment import ExperimentSpec
+from split_workbench.orchestration.runner import build_trainer
 
 N = 200_000
 
@@ -89,8 +90,7 @@ def test_index_width():
     ("cut_dropout(rate=0.5)", 32 * 1024 * 4),  # dropped positions are not encoded: dense
 ])
 def test_traffic_counts_the_encoded_bytes(spec, expect):
-    cfg = TrainConfig(model="he2019-lenet", cut="relu2", input_shape=(28, 28, 1), num_classes=10, defenses=(spec,))
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(ExperimentSpec(model="he2019-lenet", cut="relu2", defenses=(spec,)).build(), (28, 28, 1))
     assert trainer.model.smash_shape == (8, 8, 16)
     traffic = trainer.traffic(32)
     assert traffic.forward == expect
@@ -100,9 +100,8 @@ def test_traffic_counts_the_encoded_bytes(spec, expect):
 def test_compression_gradient_is_straight_through():
     """The client's gradient is its vjp of the server's dz at the *received* smash: the
     compression is not differentiated (identity Jacobian)."""
-    cfg = TrainConfig(model="mlp", model_kwargs={"hidden": (16,)}, input_shape=(8, 8, 1), num_classes=10,
-                      defenses=("topk(fraction=0.25)",), batch_size=4)
-    trainer = build_trainer(cfg)
+    spec = ExperimentSpec(model="mlp", model_kwargs={"hidden": (16,)}, defenses=("topk(fraction=0.25)",), batch_size=4)
+    trainer = build_trainer(spec.build(), (8, 8, 1))
     state = trainer.init()
     x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
     y = jnp.arange(4, dtype=jnp.int32)

@@ -3,8 +3,6 @@ against the covariances it solved for, and its effect on the norm attack."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +14,8 @@ from split_workbench.defenses.label_leakage import MarvellState, marvell_noise, 
 from split_workbench.metrics import roc_auc
 from split_workbench.registry import SpecError
 from split_workbench.training import fit
-from split_workbench.orchestration.runs import TrainConfig, build_trainer
+from split_workbench.orchestration.experiment import ExperimentSpec
+from split_workbench.orchestration.runner import build_trainer
 from split_workbench.wire import Wire
 
 
@@ -174,14 +173,17 @@ def test_bad_specs(spec):
         build_defense(spec)
 
 
-def _config(spec, classes):
-    return TrainConfig(data="digits", model="mlp", model_kwargs={"hidden": (16, 8)}, batch_size=8,
-                       input_shape=(8, 8, 1), num_classes=classes, defenses=(spec,), seed=0)
+def _trainer(spec, classes):
+    """The trainer of an 8x8 MLP split with ``spec`` on the wire (a 2-class dataset for a
+    binary-only defense), built from an ExperimentSpec as every run builds it."""
+    data = "lfw-subset" if classes == 2 else "digits"
+    built = ExperimentSpec(data=data, model="mlp", model_kwargs={"hidden": (16, 8)}, batch_size=8,
+                           defenses=(spec,), seed=0, attacks=()).build()
+    assert built.num_classes == classes
+    return build_trainer(built, (8, 8, 1))
 
 
 def test_spec_validation_refuses_a_multiclass_dataset():
-    from split_workbench.orchestration.experiment import ExperimentSpec
-
     with pytest.raises(SpecError, match="binary"):
         ExperimentSpec(data="digits", defenses=("marvell(scale=1.0)",)).validate()
     ExperimentSpec(data="lfw-subset", model="mlp", defenses=("marvell(scale=1.0)",)).validate()  # 2 classes
@@ -189,7 +191,7 @@ def test_spec_validation_refuses_a_multiclass_dataset():
 
 def test_trainer_refuses_a_multiclass_task_and_the_smash_side():
     with pytest.raises(ValueError, match="binary"):
-        build_trainer(_config("marvell(scale=1.0)", 10))
+        _trainer("marvell(scale=1.0)", 10)
     t = build_defense("marvell(scale=1.0)").backward
     with pytest.raises(ValueError, match="labels"):
         Wire(forward=t)
@@ -199,11 +201,11 @@ def test_trainer_refuses_a_multiclass_task_and_the_smash_side():
 
 
 def test_in_a_real_trainer_the_client_receives_the_perturbed_gradient():
-    trainer = build_trainer(_config("marvell(scale=4.0)", 2))
+    trainer = _trainer("marvell(scale=4.0)", 2)
     x = jax.random.uniform(jax.random.key(5), (64, 8, 8, 1))
     y = (jnp.arange(64) % 3 == 0).astype(jnp.int32)
     res = fit(trainer, x, y, epochs=1, batch_size=8, key=jax.random.key(0), tap_steps=(0,))
-    plain = build_trainer(dataclasses.replace(_config("marvell(scale=0)", 2)))
+    plain = _trainer("marvell(scale=0)", 2)
     ref = fit(plain, x, y, epochs=1, batch_size=8, key=jax.random.key(0), tap_steps=(0,))
     assert np.isfinite(float(res.state.wire_state.backward.sum_kl))
     assert float(res.state.wire_state.backward.power) > 0

@@ -17,7 +17,8 @@ from split_workbench.defenses.accounting import Schedule, calibrate_noise
 from split_workbench.data import available, load
 from split_workbench.metrics import ssim
 from split_workbench.training import fit
-from split_workbench.orchestration.runs import TrainConfig, build_trainer
+from split_workbench.orchestration.experiment import ExperimentSpec
+from split_workbench.orchestration.runner import build_trainer
 
 N, B, DELTA = 3000, 32, 1e-5
 
@@ -27,9 +28,9 @@ pytestmark = pytest.mark.skipif(not available("fashion-mnist"), reason="Fashion-
 def _attacked(defenses):
     ds = load("fashion-mnist")
     x, y = ds.x_train[:N], ds.y_train[:N]
-    cfg = TrainConfig(data="fashion-mnist", model="he2019-lenet", cut="relu2", epochs=1, batch_size=B,
-                      input_shape=(28, 28, 1), num_classes=10, defenses=defenses)
-    trainer = build_trainer(cfg)
+    spec = ExperimentSpec(data="fashion-mnist", model="he2019-lenet", cut="relu2", epochs=1, batch_size=B,
+                          defenses=defenses)
+    trainer = build_trainer(spec.build(), (28, 28, 1))
     last = N // B - 1
     res = fit(trainer, x, y, epochs=1, batch_size=B, key=jax.random.key(1), x_test=ds.x_test[:2000],
               y_test=ds.y_test[:2000], tap_steps=(last,))

@@ -1,86 +1,42 @@
-import json
-
 import jax
 import numpy as np
 import pytest
 
-from split_workbench.orchestration import cli
-from split_workbench.orchestration.runs import TrainConfig, load_run, save_run, train
+from split_workbench.orchestration.experiment import ExperimentSpec
+from split_workbench.orchestration.runner import prepare, train_stage
+
+SPEC = ExperimentSpec(data="digits", model="mlp", cut="relu1", epochs=2, batch_size=64, seed=3, attacks=())
 
 
 @pytest.fixture(scope="module")
 def run():
-    return train(TrainConfig(data="digits", model="mlp", cut="relu1", epochs=2, batch_size=64, seed=3))
+    p = prepare(SPEC)
+    return p, train_stage(p)
 
 
-def test_same_config_same_result(run):
-    again = train(TrainConfig(data="digits", model="mlp", cut="relu1", epochs=2, batch_size=64, seed=3))
-    for a, b in zip(jax.tree.leaves(run.state.params), jax.tree.leaves(again.state.params)):
+def test_same_spec_same_result(run):
+    _, fitted = run
+    again = train_stage(prepare(SPEC))
+    for a, b in zip(jax.tree.leaves(fitted.state.params), jax.tree.leaves(again.state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert run.metrics["final"] == {**again.metrics["final"], "seconds": run.metrics["final"]["seconds"],
-                                    "images_per_second": run.metrics["final"]["images_per_second"]}
-    other = train(TrainConfig(data="digits", model="mlp", cut="relu1", epochs=2, batch_size=64, seed=4))
-    assert not np.array_equal(np.asarray(jax.tree.leaves(run.state.params)[0]),
+    drop = ("seconds", "images_per_second")
+    assert [{k: v for k, v in h.items() if k not in drop} for h in fitted.history] == \
+        [{k: v for k, v in h.items() if k not in drop} for h in again.history]
+    other = train_stage(prepare(ExperimentSpec(**{**SPEC.to_dict(), "seed": 4})))
+    assert not np.array_equal(np.asarray(jax.tree.leaves(fitted.state.params)[0]),
                               np.asarray(jax.tree.leaves(other.state.params)[0]))
 
 
 def test_bytes_are_what_the_wire_carries(run):
-    final = run.metrics["final"]
-    steps = 1437 // 64
+    p, fitted = run
+    final = fitted.history[-1]
+    steps = p.dataset_size // 64
+    assert p.dataset_size == 1437 - SPEC.aux_size  # digits' training split less the attacker's auxiliary set
     assert final["steps"] == steps
     assert final["forward_bytes"] == final["backward_bytes"] == steps * 64 * 256 * 4  # relu1: 256 float32 values
     assert final["label_bytes"] == steps * 64 * 4
 
 
 def test_learns_digits(run):
-    assert run.metrics["final"]["test_accuracy"] > 0.8
-
-
-def test_save_load_roundtrip(run, tmp_path):
-    path = save_run(run, tmp_path / "r")
-    back = load_run(path)
-    for a, b in zip(jax.tree.leaves(run.state), jax.tree.leaves(back.state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(FileExistsError, match="already exists"):
-        save_run(run, path)
-    save_run(run, path, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no temporary folders left behind
-    with pytest.raises(FileNotFoundError, match="not a run folder"):
-        load_run(tmp_path)
-
-
-def test_bad_config_fails_early():
-    with pytest.raises(ValueError, match="epochs"):
-        TrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="optimizer"):
-        TrainConfig(optimizer="rmsprop")
-    with pytest.raises(ValueError, match="unknown TrainConfig field"):
-        TrainConfig.from_json({"epoch": 3})
-
-
-def test_cli_train_and_list(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert cli.main(["train", "--data", "digits", "--model", "mlp", "--cut", "relu1", "--epochs", "1",
-                     "--out", str(out), "--quiet"]) == 0
-    text = capsys.readouterr().out
-    assert "test accuracy" in text and "client->server" in text and "FLOPs" in text
-    assert json.loads((out / "config.json").read_text())["cut"] == "relu1"
-    assert cli.main(["list"]) == 0
-    text = capsys.readouterr().out
-    assert "he2019-lenet" in text and "relu2*" in text and "digits" in text
-
-
-@pytest.mark.parametrize("argv,msg", [
-    (["--model", "nope"], "unknown model"),
-    (["--model", "mlp", "--cut", "zzz"], "unknown cut"),
-    (["--data", "nope", "--model", "mlp"], "unknown dataset"),
-    (["--model", "he2019-lenet"], "at least 16x16"),
-    (["--model", "mlp", "--defense", "nonsense(x=1)"], "unknown defense"),
-    (["--model", "mlp", "--epochs", "0"], "epochs"),
-])
-def test_cli_errors_before_any_work(argv, msg, tmp_path, capsys):
-    out = tmp_path / "never"
-    # argparse keeps the last --data, so a case may override the default dataset
-    assert cli.main(["train", "--data", "digits", *argv, "--out", str(out), "--quiet"]) == 2
-    assert msg in capsys.readouterr().err
-    assert not out.exists()
+    p, fitted = run
+    assert p.trainer.evaluate(fitted.state.params, p.x_test, p.y_test)["accuracy"] > 0.8

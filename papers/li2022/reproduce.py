@@ -45,16 +45,19 @@ def binary_task(positive: int, train_size: int | None = None):
 
 
 def trainer_for(spec, defenses, *, seed: int):
-    """The split trainer of ``spec`` for the binary task, with ``defenses`` on the wire."""
-    from split_workbench.models import MODELS
-    from split_workbench.orchestration.runs import TrainConfig, build_trainer
+    """The split trainer of ``spec`` for the binary task, with ``defenses`` on the wire.
 
-    config = TrainConfig(data=spec.data, model=spec.model,
-                         cut=spec.cut if spec.cut is not None else MODELS[spec.model].default_cut,
-                         epochs=spec.epochs, batch_size=spec.batch_size, client_lr=spec.lr, server_lr=spec.lr,
-                         optimizer=spec.optimizer, seed=seed, defenses=tuple(defenses),
-                         model_kwargs=dict(spec.model_kwargs), input_shape=(28, 28, 1), num_classes=2)
-    return build_trainer(config)
+    ``spec.data`` names Fashion-MNIST (10 classes); the task relabels it to 2, so the spec is
+    built without the binary-only defenses and the built object then gets the task's class
+    count and the defenses (built from the same registry)."""
+    import dataclasses
+
+    from split_workbench.defenses import build_defense
+    from split_workbench.orchestration.runner import build_trainer
+
+    built = dataclasses.replace(spec, seed=seed, defenses=()).build()
+    built = dataclasses.replace(built, num_classes=2, defenses=tuple(build_defense(d) for d in defenses))
+    return build_trainer(built, (28, 28, 1))
 
 
 def tap_steps(milestones, window: int) -> tuple[int, ...]:

@@ -2,31 +2,31 @@
 
 Examples:
   split-workbench list
-  split-workbench train --data digits --model mlp --cut relu1 --epochs 5 --out runs/digits-mlp
+  split-workbench train --data digits --model mlp --cut relu1 --epochs 5 --out runs
   split-workbench train --data fashion-mnist --model he2019-lenet --cut relu2 --epochs 3 \\
       --defense "laplace_noise(scale=0.5)"
-  split-workbench attack runs/digits-mlp --attack "rmle(steps=500)"
+  split-workbench attack runs/<hash> --attack "rmle(steps=500)"
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import jax
 
 from split_workbench import attacks, defenses
-from split_workbench.data import available, list_datasets, load
-from split_workbench.defenses import DEFENSES
-from split_workbench.models import MODELS, list_models, make_model
+from split_workbench.data import list_datasets
+from split_workbench.data.loaders import ENV_VAR
+from split_workbench.models import list_models, make_model
 from split_workbench.orchestration import attack_cli, compare_cli, experiment_cli, paper_cli
-from split_workbench.orchestration.runs import TrainConfig, prepare, save_run, train
-from split_workbench.split import _resolve_cut
+from split_workbench.orchestration.experiment import ExperimentSpec, SpecError
+from split_workbench.orchestration.runner import CHECKPOINT, prepare, run_experiment
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "train_spec"]
 
 
 def _fmt_bytes(n: float) -> str:
@@ -37,61 +37,48 @@ def _fmt_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def _run_name(config) -> str:
-    digest = hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:10]
-    return f"{config.data}-{config.model}-{config.cut}-{digest}"
-
-
-def cmd_train(args) -> int:
-
-    if args.model not in MODELS:
-        print(f"error: unknown model {args.model!r}; known: {sorted(MODELS)}", file=sys.stderr)
-        return 2
+def train_spec(args) -> ExperimentSpec:
+    """The spec ``train`` runs: its flags on the default spec, with no attack."""
     cut = args.cut
     if cut is not None and cut.isdigit():
         cut = int(cut)
-    try:
-        config = TrainConfig(data=args.data, model=args.model, cut=cut if cut is not None else MODELS[args.model].default_cut,
-                             epochs=args.epochs, batch_size=args.batch_size, client_lr=args.lr,
-                             server_lr=args.lr, optimizer=args.optimizer, seed=args.seed,
-                             defenses=tuple(args.defense or ()))
-        _validate_early(config, args.data_root)
-        prepared = prepare(config, root=args.data_root)
-        out = Path(args.out) if args.out else Path("runs") / _run_name(prepared[0])
-        if out.exists() and not args.overwrite:
-            raise FileExistsError(f"run folder {out} already exists; choose another --out, remove it, "
-                                  "or pass --overwrite")
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    return ExperimentSpec(data=args.data, model=args.model, cut=cut, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, optimizer=args.optimizer, seed=args.seed, defenses=tuple(args.defense or ()),
+                          attacks=())
+
+
+def cmd_train(args) -> int:
+    """``run`` with no attack: trains, evaluates and writes the run folder ``<out>/<hash>/``."""
+    if args.data_root:  # searched before the other dataset folders
+        os.environ[ENV_VAR] = os.pathsep.join(filter(None, [args.data_root, os.environ.get(ENV_VAR)]))
+    try:  # every configuration error (spec, data, model shape) surfaces before any training
+        built = train_spec(args).build()
+        folder = Path(args.out) / built.spec.hash()
+        if (folder / "result.json").is_file() and not (folder / CHECKPOINT).is_dir() and not args.overwrite:
+            raise FileExistsError(f"{folder} holds a run of this spec without a checkpoint (written before runs "
+                                  "saved their state); pass --overwrite to train it again")
+        p = prepare(built)
+    except (SpecError, ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run = train(config, progress=not args.quiet, prepared=prepared)
-    save_run(run, out, overwrite=args.overwrite)
-    m, sm = run.metrics, run.trainer.model
-    final, flops = m["final"], m["split"]["flops_per_example"]
-    print(f"model {config.model} cut at {sm.cut!r} (block {sm.cut_index} of {len(sm.cut_points) + 1}); "
+    if args.overwrite and folder.exists():
+        shutil.rmtree(folder)
+    reused = (folder / "result.json").is_file()
+    record = run_experiment(p, args.out, progress=not args.quiet)
+    sm, spec = p.trainer.model, p.spec
+    m, final, flops = record["metrics"], record["history"][-1], record["split"]["flops_per_example"]
+    print(f"model {spec.model} cut at {sm.cut!r} (block {sm.cut_index} of {len(sm.cut_points) + 1}); "
           f"smash {tuple(sm.smash_shape)} per example")
     print(f"parameters: client {sm.param_counts['client']:,}  server {sm.param_counts['server']:,}")
     print(f"FLOPs per example (forward): client {flops['client_forward']:,.0f}  server {flops['server_forward']:,.0f}; "
           f"(train step): client {flops['client_train']:,.0f}  server {flops['server_train']:,.0f}")
     print(f"per epoch on the wire: smash {_fmt_bytes(final['forward_bytes'])} client->server, "
           f"cut gradients {_fmt_bytes(final['backward_bytes'])} server->client, labels {_fmt_bytes(final['label_bytes'])}")
-    print(f"after {config.epochs} epochs: train accuracy {final['train_accuracy']:.4f}, "
-          f"test accuracy {final['test_accuracy']:.4f}, test loss {final['test_loss']:.4f}")
-    print(f"saved run to {out}")
+    print(f"after {spec.epochs} epochs: train accuracy {m['train_accuracy']:.4f}, "
+          f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}")
+    print(f"{'reused the finished run' if reused else 'saved run'} {folder} "
+          f"(attack it: split-workbench attack {folder} --attack SPEC)")
     return 0
-
-
-def _validate_early(config, data_root) -> None:
-    """Fails on a bad dataset, cut or defense before any data is loaded or trained on."""
-
-    names = [d["name"] for d in list_datasets(root=data_root)]
-    if config.data not in names:
-        raise ValueError(f"unknown dataset {config.data!r}; known: {names}")
-    for spec in config.defenses:
-        DEFENSES.validate(spec)
-    _resolve_cut(_model_names(config.model), config.cut)
-    if not available(config.data, root=data_root):
-        load(config.data, root=data_root)  # raises DatasetNotFoundError naming the install command
 
 
 def _model_names(model: str) -> tuple[str, ...]:
@@ -122,12 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a split model and save the run",
+    t = sub.add_parser("train", help="train a split model and save the run (`run` with no attack)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="A preset of `run`: the flags set the spec's fields, with attacks = []. The run "
+                                   "folder <out>/<hash>/ holds the record (result.json, with the spec) and the "
+                                   "trained state (checkpoint/); `split-workbench attack` reads it.",
                        epilog="example:\n  split-workbench train --data digits --model mlp --cut relu1 --epochs 5")
     t.add_argument("--data", default="digits", help="dataset name (see `split-workbench list`)")
     t.add_argument("--data-root", default=None, help="folder holding user-supplied dataset files")
-    t.add_argument("--model", default="he2019-lenet", help="zoo model name")
+    t.add_argument("--model", default="mlp", help="zoo model name")
     t.add_argument("--cut", default=None, help="cut-point name or index (default: the model's default cut)")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=32)
@@ -136,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--defense", action="append", metavar="SPEC",
                    help='defense spec, repeatable, e.g. "laplace_noise(scale=0.5)"')
-    t.add_argument("--out", default=None, help="run folder (default runs/<data>-<model>-<cut>-<hash>)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--out", default="runs", help="folder of run folders; the run is <out>/<hash>/ (default runs)")
+    t.add_argument("--overwrite", action="store_true", help="train again and replace this spec's run folder")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

@@ -3,8 +3,10 @@
 A run trains the split model with the spec's defenses, builds what the server observes,
 hands each attack exactly the fields its threat model grants, scores the reconstructions
 against the private inputs, and writes ``<out>/<hash>/result.json`` (plus a
-reconstruction grid) by renaming a finished temporary folder: a run folder either holds
-a complete record or does not exist.
+reconstruction grid and ``checkpoint/``, the trained state saved with orbax under its real
+names) by renaming a finished temporary folder: a run folder either holds a complete
+record or does not exist. ``run_folder.load_run`` reads one back; ``split-workbench attack``
+attacks it again with the same scoring (``runner.SCORING``).
 
 What the attacker observes: the attack targets are private training examples; the
 observation is what one more training step on them carries across the wire (the smash

@@ -21,8 +21,11 @@ EPILOG = """examples:
 
 
 def _spec(args):
-
-    spec = load_spec(args.spec) if args.spec else ExperimentSpec()
+    """The spec file (or, for a run's ``result.json``, the spec it records) with ``--set`` overrides."""
+    if args.spec and Path(args.spec).name == "result.json" and Path(args.spec).is_file():
+        spec = ExperimentSpec.from_dict(json.loads(Path(args.spec).read_text()).get("spec"), source=args.spec)
+    else:
+        spec = load_spec(args.spec) if args.spec else ExperimentSpec()
     return spec.with_overrides(args.set or [])
 
 
@@ -80,7 +83,7 @@ def add_subcommand(sub) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     r = sub.add_parser("run", help="run one experiment spec (train, attack, score, record)", epilog=EPILOG,
                        formatter_class=fmt)
-    r.add_argument("spec", nargs="?", default=None, help="spec file (.toml or .json); default: the default spec")
+    r.add_argument("spec", nargs="?", default=None, help="spec file (.toml or .json) or a run's result.json; default: the default spec")
     r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field (repeatable)")
     r.add_argument("--out", default="results/runs", help="folder of run records")
     r.add_argument("--quiet", action="store_true")

@@ -22,6 +22,7 @@ from split_workbench.data import load, split_aux
 from split_workbench.defenses.base import combine
 from split_workbench.models import make_model
 from split_workbench.observation import OBSERVATION_FIELDS, observe
+from split_workbench.orchestration.checkpoint import save_state
 from split_workbench.orchestration.experiment import Built, ExperimentSpec, package_versions, record_path
 from split_workbench.protocol import SplitTrainer
 from split_workbench.split import split
@@ -30,7 +31,8 @@ from split_workbench.training import OPTIMIZERS, fit
 from split_workbench.wire import Wire
 
 __all__ = ["Prepared", "prepare", "build_trainer", "train_stage", "training_hash", "TrainedModels", "observation",
-           "evaluate_stage", "run_experiment", "write_record", "NOT_TRAINING_FIELDS"]
+           "attack_stage", "evaluate_stage", "run_experiment", "write_record", "NOT_TRAINING_FIELDS", "CHECKPOINT",
+           "SCORING", "PSNR_CLIP"]
 
 
 @dataclasses.dataclass
@@ -114,6 +116,9 @@ def prepare(spec: ExperimentSpec | Built) -> Prepared:
                     aux.y_train, ds.num_classes, int(x.shape[0]), built)
 
 
+# The run folder's subfolder that holds the trained state (orbax-checkpoint).
+CHECKPOINT = "checkpoint"
+
 # Spec fields that training does not read: specs differing only in these train the same model
 # (unless a party is active: then the adversary is part of training).
 NOT_TRAINING_FIELDS = ("observe", "attacks", "targets", "delta")
@@ -189,12 +194,27 @@ def observation(p: Prepared, state, key):
     return obs, x_t, y_t
 
 
+# A perfect reconstruction has infinite PSNR: scores cap it here so that means stay finite.
+PSNR_CLIP = 100.0
+
+SCORING = """Scoring (the same for `run`, `sweep` and `attack`): the targets are the spec's first
+`targets` private training examples (in the seeded shuffle of `prepare`, never the test
+set); the observation is what one more training step on them carries across the wire at
+the trained parameters (`observe="inference"`: the inference-time smash). Inversion
+attacks: `ssim_mean`, `psnr_mean` (dB, each image's PSNR capped at 100), `mse_mean`, and
+the per-image lists `ssim`, `psnr`, `mse` (SSIM as scikit-image's defaults, data_range 1).
+Label attacks: `auc` of a score output against the labels (binary tasks; null with a note
+otherwise), or `label_accuracy` of an integer-label output. Every attack also records
+`kind`, `needs`, `seconds` and its scalar `stats`. Attack i of a run uses the key
+fold_in(fold_in(key(seed), 3), 10 + i)."""
+
+
 def _score_inversion(recon, x_true) -> dict:
     ssim = np.asarray(metrics.ssim(recon, x_true))
     psnr = np.asarray(metrics.psnr(recon, x_true))
     mse = np.asarray(metrics.mse(recon, x_true))
-    return {"ssim_mean": float(ssim.mean()), "psnr_mean": float(np.mean(np.minimum(psnr, 100.0))),
-            "mse_mean": float(mse.mean()), "ssim": ssim.tolist(), "psnr": np.minimum(psnr, 100.0).tolist(),
+    return {"ssim_mean": float(ssim.mean()), "psnr_mean": float(np.mean(np.minimum(psnr, PSNR_CLIP))),
+            "mse_mean": float(mse.mean()), "ssim": ssim.tolist(), "psnr": np.minimum(psnr, PSNR_CLIP).tolist(),
             "mse": mse.tolist()}
 
 
@@ -207,15 +227,49 @@ def _score_label(output, y_true, num_classes) -> dict:
     return {"label_accuracy": float(np.mean(out.reshape(-1) == np.asarray(y_true).reshape(-1)))}
 
 
+def attack_stage(p: Prepared, state, attacks, *, timings: dict) -> tuple[dict, dict]:
+    """Observation -> attacks -> scores: the one scoring path of ``run``, ``sweep`` and ``attack``.
+
+    Args:
+      p: the prepared spec (its targets, wire and data).
+      state: the trained state (its parameters and the parties' states).
+      attacks: ``(spec string, built attack, index)`` triples; attack ``index`` draws the key
+        ``fold_in(fold_in(key(seed), 3), 10 + index)``, so an attack at index i of the spec
+        scores the same wherever it runs.
+      timings: ``attack:<spec>`` seconds are added to it.
+
+    Returns:
+      ``({spec: scores}, {"original": targets, spec: reconstruction, ...})``; the scores are
+      described in ``SCORING``.
+    """
+    key = jax.random.fold_in(jax.random.key(p.spec.seed), 3)
+    obs, x_t, y_t = observation(p, state, jax.random.fold_in(key, 0))
+    results, recons = {}, {}
+    for a_spec, attack, i in attacks:
+        t0 = time.perf_counter()
+        result = attack(obs.only(attack.needs), key=jax.random.fold_in(key, 10 + i))
+        out = jax.block_until_ready(result.output)
+        seconds = time.perf_counter() - t0
+        timings[f"attack:{a_spec}"] = seconds
+        if attack.kind == "inversion":
+            scores = _score_inversion(out, x_t)
+            recons[a_spec] = np.asarray(out)
+        else:
+            scores = _score_label(out, y_t, p.num_classes)
+        stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float, str, bool))}
+        results[a_spec] = {"kind": attack.kind, "needs": sorted(attack.needs), "seconds": seconds, **scores,
+                           "stats": stats}
+    return results, {"original": np.asarray(x_t), **recons}
+
+
 def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) -> tuple[dict, dict]:
-    """Accuracy, dCor, privacy accounting and every attack; returns (record, reconstructions)."""
+    """Accuracy, dCor, privacy accounting and every attack (``attack_stage``); returns
+    (record, reconstructions)."""
 
     spec, trainer = p.spec, p.trainer
-    key = jax.random.fold_in(jax.random.key(spec.seed), 3)
     t0 = time.perf_counter()
     vanilla = _vanilla(p)
     ev = trainer.evaluate(state.params if vanilla else state, p.x_test, p.y_test)
-    obs, x_t, y_t = observation(p, state, jax.random.fold_in(key, 0))
     n_dcor = min(256, p.x_train.shape[0])
     xd = jnp.asarray(p.x_train[:n_dcor])
     z_clean = trainer.model.client.apply(state.params["client"], xd) if vanilla else trainer.clean_smash(state, xd)
@@ -233,21 +287,8 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
                                       delta=spec.delta))
         privacy.append(entry)
 
-    attacks, recons = {}, {}
-    for i, (a_spec, attack) in enumerate(zip(spec.attacks, built.attacks)):
-        t0 = time.perf_counter()
-        result = attack(obs.only(attack.needs), key=jax.random.fold_in(key, 10 + i))
-        out = jax.block_until_ready(result.output)
-        seconds = time.perf_counter() - t0
-        timings[f"attack:{a_spec}"] = seconds
-        if attack.kind == "inversion":
-            scores = _score_inversion(out, x_t)
-            recons[a_spec] = np.asarray(out)
-        else:
-            scores = _score_label(out, y_t, p.num_classes)
-        stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float, str, bool))}
-        attacks[a_spec] = {"kind": attack.kind, "needs": sorted(attack.needs), "seconds": seconds, **scores,
-                           "stats": stats}
+    attacks, images = attack_stage(p, state, [(s, a, i) for i, (s, a) in enumerate(zip(spec.attacks, built.attacks))],
+                                   timings=timings)
 
     final = history[-1]
     record = {
@@ -266,7 +307,7 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
     }
     if not vanilla:
         record["topology"] = trainer.describe()
-    return record, {"original": np.asarray(x_t), **recons}
+    return record, images
 
 
 def _grid_png(images: dict[str, np.ndarray], path: Path, columns: int = 8) -> None:
@@ -282,13 +323,22 @@ def _grid_png(images: dict[str, np.ndarray], path: Path, columns: int = 8) -> No
     imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
 
 
-def write_record(out_dir: str | os.PathLike, record: dict, images: dict[str, np.ndarray]) -> Path:
-    """Writes ``<out>/<hash>/`` atomically: a temporary folder, completed, then renamed."""
+def write_record(out_dir: str | os.PathLike, record: dict, images: dict[str, np.ndarray], state=None) -> Path:
+    """Writes ``<out>/<hash>/`` atomically: a temporary folder, completed, then renamed.
+
+    The folder holds ``result.json`` (the record, its spec included), the reconstructions
+    and, given the trained ``state``, ``checkpoint/``: both halves' parameters and optimizer
+    states (and the wire's and parties' states) under their real names (``checkpoint.py``),
+    which ``load_run`` restores. The checkpoint adds the field ``checkpoint`` to the record
+    and changes no other."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / record["hash"]
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{record['hash']}-", dir=out_dir))
     try:
+        if state is not None:
+            save_state(state, tmp / CHECKPOINT)
+            record = {**record, "checkpoint": CHECKPOINT}
         np.savez_compressed(tmp / "reconstructions.npz", **{k.replace("/", "_"): v for k, v in images.items()})
         record = {**record, "reconstructions": {"png": "reconstructions.png", "rows": list(images)}}
         _grid_png(images, tmp / "reconstructions.png")
@@ -303,15 +353,17 @@ def write_record(out_dir: str | os.PathLike, record: dict, images: dict[str, np.
     return final / "result.json"
 
 
-def run_experiment(spec: ExperimentSpec, out_dir: str | os.PathLike | None = None, *,
+def run_experiment(spec: ExperimentSpec | Built | Prepared, out_dir: str | os.PathLike | None = None, *,
                    progress: bool = False, cache: TrainedModels | None = None) -> dict:
-    """Runs ``spec`` end to end; with ``out_dir`` the record is written (and a finished one
-    reused); with ``cache`` a model trained for the previous spec may be reused."""
-    if out_dir is not None and record_path(out_dir, spec).is_file():
-        return json.loads(record_path(out_dir, spec).read_text())
+    """Runs ``spec`` end to end; with ``out_dir`` the run folder (record and checkpoint) is
+    written (and a finished one reused); with ``cache`` a model trained for the previous spec
+    may be reused. A ``Built`` or ``Prepared`` spec is not built or prepared again."""
+    plain = spec.spec if isinstance(spec, (Built, Prepared)) else spec
+    if out_dir is not None and record_path(out_dir, plain).is_file():
+        return json.loads(record_path(out_dir, plain).read_text())
     timings = {}
     t0 = time.perf_counter()
-    p = prepare(spec)
+    p = spec if isinstance(spec, Prepared) else prepare(spec)
     timings["prepare"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     shared = cache is not None and cache.get(p) is not None
@@ -322,5 +374,5 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | os.PathLike | None = Non
                                 f"{', '.join(NOT_TRAINING_FIELDS)})"
     record, images = evaluate_stage(p, fitted.state, fitted.history, timings=timings)
     if out_dir is not None:
-        write_record(out_dir, record, images)
+        write_record(out_dir, record, images, fitted.state)
     return record

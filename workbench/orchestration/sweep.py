@@ -173,7 +173,7 @@ def run_sweep(specs: list[ExperimentSpec], out_dir, *, vmap_seeds: bool = True, 
         for p, (state, history) in zip(prepared, fitted):
             timings = {"prepare": t_prep, "train": t_train, "train_path": f"vmapped over {len(group)} specs"}
             record, images = evaluate_stage(p, state, history, timings=timings)
-            write_record(out_dir, record, images)
+            write_record(out_dir, record, images, state)
             bar.update(1, p.spec.hash())
     return [json.loads(record_path(out_dir, s).read_text()) for s in specs]
 
@@ -189,4 +189,4 @@ def _run_one(built, out_dir: Path, cache: TrainedModels) -> None:
     timings["train"] = time.perf_counter() - t0
     timings["train_path"] = "reused from the previous spec" if shared else "one by one"
     record, images = evaluate_stage(p, fitted.state, fitted.history, timings=timings)
-    write_record(out_dir, record, images)
+    write_record(out_dir, record, images, fitted.state)
