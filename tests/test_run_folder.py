@@ -164,3 +164,11 @@ def test_list(capsys):
     assert cli.main(["list"]) == 0
     text = capsys.readouterr().out
     assert "he2019-lenet" in text and "relu2*" in text and "digits" in text
+
+
+def test_a_topology_run_restores_and_rescores_as_recorded(tmp_path):
+    spec = dataclasses.replace(SPEC, topology="splitfed_v1", clients=2)
+    record = run_experiment(spec, tmp_path)
+    run = load_run(tmp_path / spec.hash())
+    again, _ = run_folder.attack_run(run, [ATTACK], list(run.prepared.built.attacks))
+    assert again["attacks"][ATTACK]["ssim"] == record["attacks"][ATTACK]["ssim"]

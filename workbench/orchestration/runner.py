@@ -199,14 +199,16 @@ PSNR_CLIP = 100.0
 
 SCORING = """Scoring (the same for `run`, `sweep` and `attack`): the targets are the spec's first
 `targets` private training examples (in the seeded shuffle of `prepare`, never the test
-set); the observation is what one more training step on them carries across the wire at
-the trained parameters (`observe="inference"`: the inference-time smash). Inversion
+set; with K clients, client 0's); the observation is what one more training step on them
+carries across the wire at the trained parameters (`observe="inference"`: the
+inference-time smash). Inversion
 attacks: `ssim_mean`, `psnr_mean` (dB, each image's PSNR capped at 100), `mse_mean`, and
 the per-image lists `ssim`, `psnr`, `mse` (SSIM as scikit-image's defaults, data_range 1).
 Label attacks: `auc` of a score output against the labels (binary tasks; null with a note
 otherwise), or `label_accuracy` of an integer-label output. Every attack also records
 `kind`, `needs`, `seconds` and its scalar `stats`. Attack i of a run uses the key
-fold_in(fold_in(key(seed), 3), 10 + i)."""
+fold_in(fold_in(key(seed), 3), 10 + i); `attack` reruns an attack of the run's spec at its
+index (so it scores as the record does) and gives new ones the next indices."""
 
 
 def _score_inversion(recon, x_true) -> dict:
