@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from split_workbench.models import make_model
+from split_workbench.orchestration.run_folder import attack_run, load_run
 from split_workbench.orchestration.experiment import ExperimentSpec, SpecError
 from split_workbench.orchestration.runner import observation, prepare, run_experiment, train_stage
 from split_workbench.topology import vertical_split
@@ -153,3 +154,18 @@ def test_multi_client_targets_are_client_0s_private_examples():
 def test_specs_that_do_not_fit_a_topology_are_refused(fields, match):
     with pytest.raises(SpecError, match=match):
         ExperimentSpec(**{**BASE, **fields}).build()
+
+
+@pytest.mark.parametrize("topology, clients", [("splitfed_v2", 2), ("u_shaped", 2), ("vertical(join='sum')", 2)])
+def test_a_topology_run_folder_restores_and_attacks_again(tmp_path, topology, clients):
+    """The run folder of a topology holds its trained state: it restores exactly into the
+    topology's own template (``TopologyTrainer.init``) and the attack scores as in the record."""
+    spec = ExperimentSpec(topology=topology, clients=clients, **BASE)
+    record = run_experiment(spec, tmp_path)
+    fitted = train_stage(prepare(spec))
+    run = load_run(tmp_path / spec.hash())
+    assert jax.tree.structure(run.state) == jax.tree.structure(fitted.state)
+    for a, b in zip(jax.tree.leaves(run.state.params), jax.tree.leaves(fitted.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    again, _ = attack_run(run, [ATTACK], list(spec.build().attacks))
+    assert again["attacks"][ATTACK]["ssim"] == pytest.approx(record["attacks"][ATTACK]["ssim"], abs=1e-5)

@@ -60,8 +60,11 @@ def expand_grid(base: ExperimentSpec, grid: dict[str, list]) -> list[ExperimentS
 def _group_key(spec: ExperimentSpec, *, seeds: bool = True, strengths: bool = True) -> str:
     """Specs with the same key train as one vmapped program: they may differ in their seed
     (``seeds``) and in the vmappable strengths of their defenses (``strengths``; see
-    ``defenses.registry.vmappable``), nothing else."""
+    ``defenses.registry.vmappable``), nothing else. A spec with another topology than
+    vanilla trains alone (its topology runs its own loop)."""
 
+    if spec.topology != "vanilla":
+        return spec.hash()
     changes = {}
     if seeds:
         changes["seed"] = 0

@@ -65,6 +65,9 @@ class TopologyTrainer(Protocol):
     name: str
     active: bool  # whether a party departs from the honest protocol (never, for now)
 
+    def init(self, *, key: jax.Array) -> SplitState:
+        """The initial state: the structure ``fit`` returns (a template to restore into)."""
+
     def fit(self, x, y, *, epochs: int, key: jax.Array, x_test, y_test) -> FitResult:
         """Trains; the history has ``training.fit``'s keys (per epoch)."""
 
@@ -185,6 +188,9 @@ class ManyClients:
     def active(self) -> bool:
         return self.trainer.active
 
+    def init(self, *, key: jax.Array) -> SplitState:
+        return self.trainer.init(key=key)
+
     def fit(self, x, y, *, epochs: int, key: jax.Array, x_test, y_test) -> FitResult:
         task = Task.build(x, y, x_test, y_test, self.clients)
         t0 = time.perf_counter()
@@ -229,14 +235,22 @@ class UShapedClients:
     network: NetworkModel = NetworkModel()
     active: bool = False
 
+    @staticmethod
+    def _state(params, oc, os_, ws, steps) -> SplitState:
+        return SplitState({"client": {"front": params["front"], "head": params["head"]},
+                           "server": {"middle": params["middle"]}}, {"client": oc, "server": os_}, ws,
+                          jnp.asarray(steps, jnp.int32))
+
+    def init(self, *, key: jax.Array) -> SplitState:
+        del key  # honest parties: no party state to seed
+        return self._state(*self.trainer.init(), self.trainer.init_wire(), 0)
+
     def fit(self, x, y, *, epochs: int, key: jax.Array, x_test, y_test) -> FitResult:
         task = Task.build(x, y, x_test, y_test, self.clients)
         t0 = time.perf_counter()
         result, (params, oc, os_, ws, steps) = run_u_shaped(self.trainer, task, epochs=epochs, key=key,
                                                             network=self.network)
-        state = SplitState({"client": {"front": params["front"], "head": params["head"]},
-                            "server": {"middle": params["middle"]}}, {"client": oc, "server": os_}, ws,
-                           jnp.asarray(steps, jnp.int32))
+        state = self._state(params, oc, os_, ws, steps)
         jax.block_until_ready(state)
         return FitResult(state, _history(result, time.perf_counter() - t0, self.clients.batch_size), [])
 
@@ -317,13 +331,21 @@ class VerticalParties:
     network: NetworkModel = NetworkModel()
     active: bool = False
 
+    @staticmethod
+    def _state(params, opt_state, ws, steps) -> SplitState:
+        return SplitState({"client": params["clients"], "server": params["server"]},
+                          {"client": opt_state[0], "server": opt_state[1]}, ws, jnp.asarray(steps, jnp.int32))
+
+    def init(self, *, key: jax.Array) -> SplitState:
+        del key  # honest parties: no party state to seed
+        return self._state(*self.trainer.init(), self.trainer.init_wire(), 0)
+
     def fit(self, x, y, *, epochs: int, key: jax.Array, x_test, y_test) -> FitResult:
         t0 = time.perf_counter()
         result, (params, opt_state, ws, steps) = run_vertical(self.trainer, x, y, x_test, y_test, epochs=epochs,
                                                                batch_size=self.batch_size, key=key,
                                                                network=self.network)
-        state = SplitState({"client": params["clients"], "server": params["server"]},
-                           {"client": opt_state[0], "server": opt_state[1]}, ws, jnp.asarray(steps, jnp.int32))
+        state = self._state(params, opt_state, ws, steps)
         jax.block_until_ready(state)
         return FitResult(state, _history(result, time.perf_counter() - t0, self.batch_size), [])
 

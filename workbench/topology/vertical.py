@@ -307,6 +307,7 @@ def run_vertical(trainer: VerticalTrainer, x_train, y_train, x_test, y_test, *, 
         params, opt_state, wire_state, steps, sums = trainer.epoch(params, opt_state, wire_state, x_train, y_train,
                                                                    key=jax.random.fold_in(key, e),
                                                                    batch_size=batch_size)
+        steps = int(steps)
         total += steps
         ledger.move(everyone, SERVER, "activations", up * steps)
         ledger.move(SERVER, everyone, "gradients", down * steps)
