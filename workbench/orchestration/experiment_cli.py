@@ -32,12 +32,12 @@ def _spec(args):
 def cmd_run(args) -> int:
 
     try:
-        spec = _spec(args).validate()
+        built = _spec(args).build()  # validated once; the run receives the built objects
     except (SpecError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    record = run_experiment(spec, args.out, progress=not args.quiet)
+    record = run_experiment(built, args.out, progress=not args.quiet)
     m = record["metrics"]
     print(f"run {record['hash']}: test accuracy {m['test_accuracy']:.4f}, dCor(x, z) {m['dcor_input_smash']:.3f}"
           f" ({time.perf_counter() - t0:.1f}s)")
