@@ -124,6 +124,10 @@ def test_train_then_attack_from_the_command_line(tmp_path, capsys):
     rec = json.loads(written.read_text())
     assert rec["run"] == record["hash"] and rec["attacks"][ATTACK]["kind"] == "inversion"
     assert len(rec["attacks"][ATTACK]["ssim"]) == record["spec"]["targets"]
+    # a record is also a spec: `run` on it (how an old record gets a checkpoint) trains the same run
+    assert cli.main(["run", str(run / "result.json"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "again" / run.name / "result.json").read_text())
+    assert again["metrics"] == record["metrics"]
 
 
 def test_attack_fails_before_any_work(folder, tmp_path, capsys, monkeypatch):
