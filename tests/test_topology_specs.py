@@ -2,6 +2,8 @@
 really carries the defenses in U-shaped and vertical split learning; Dirichlet partitions
 are label-skewed; specs that do not fit are refused before any data loads."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from split_workbench.models import make_model
 from split_workbench.orchestration.run_folder import attack_run, load_run
+from split_workbench.orchestration.sweep import _group_key
 from split_workbench.orchestration.experiment import ExperimentSpec, SpecError
 from split_workbench.orchestration.runner import observation, prepare, run_experiment, train_stage
 from split_workbench.topology import vertical_split
@@ -23,11 +26,11 @@ BASE = dict(data="digits", model="mlp", epochs=1, batch_size=16, train_size=192,
     ("round_robin(handover='none')", dict(clients=2, partition="dirichlet(alpha=1.0)")),
     ("splitfed_v1", dict(clients=3, partition="dirichlet(alpha=0.5)")),
     ("splitfed_v2", dict(clients=2)),
-    ("u_shaped", dict(clients=2)),
+    ("u_shaped", dict(clients=2, attacks=(ATTACK, "norm_leak"))),  # cut 1's smash, cut 2's gradient
     ("vertical(join='sum')", dict(clients=2)),
 ])
 def test_every_topology_runs_from_a_spec_with_a_defense_and_an_attack(topology, extra):
-    spec = ExperimentSpec(topology=topology, **BASE, **extra)
+    spec = ExperimentSpec(topology=topology, **{**BASE, **extra})
     r = run_experiment(spec)
     a = r["attacks"][ATTACK]
     assert a["kind"] == "inversion" and len(a["ssim"]) == spec.targets
@@ -41,6 +44,15 @@ def test_every_topology_runs_from_a_spec_with_a_defense_and_an_attack(topology, 
     assert r["privacy"][0]["defense"].startswith("laplace_noise")
     # fields added for topologies are in the spec's dict (and hash) only off their defaults
     assert ("clients" in r["spec"]) == (extra.get("clients", 1) != 1)
+    if "norm_leak" in spec.attacks:  # label leakage from the gradient at cut 2 (ten classes: no AUC)
+        assert r["attacks"]["norm_leak"]["kind"] == "label" and r["attacks"]["norm_leak"]["auc"] is None
+
+
+def test_sweeps_train_topologies_one_spec_at_a_time():
+    one = ExperimentSpec(topology="splitfed_v1", clients=2, **BASE)
+    assert _group_key(one) != _group_key(dataclasses.replace(one, seed=1))
+    vanilla = ExperimentSpec(**BASE)
+    assert _group_key(vanilla) == _group_key(dataclasses.replace(vanilla, seed=1))
 
 
 def test_vanilla_spec_hash_and_dict_do_not_change():
@@ -156,7 +168,11 @@ def test_specs_that_do_not_fit_a_topology_are_refused(fields, match):
         ExperimentSpec(**{**BASE, **fields}).build()
 
 
-@pytest.mark.parametrize("topology, clients", [("splitfed_v2", 2), ("u_shaped", 2), ("vertical(join='sum')", 2)])
+@pytest.mark.parametrize("topology, clients", [
+    pytest.param("splitfed_v2", 2, marks=pytest.mark.slow),  # tests/test_run_folder.py restores splitfed_v1
+    ("u_shaped", 2),
+    pytest.param("vertical(join='sum')", 2, marks=pytest.mark.slow),
+])
 def test_a_topology_run_folder_restores_and_attacks_again(tmp_path, topology, clients):
     """The run folder of a topology holds its trained state: it restores exactly into the
     topology's own template (``TopologyTrainer.init``) and the attack scores as in the record."""
@@ -169,3 +185,14 @@ def test_a_topology_run_folder_restores_and_attacks_again(tmp_path, topology, cl
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     again, _ = attack_run(run, [ATTACK], list(spec.build().attacks))
     assert again["attacks"][ATTACK]["ssim"] == pytest.approx(record["attacks"][ATTACK]["ssim"], abs=1e-5)
+
+
+def test_dp_accounting_of_a_client_uses_its_own_examples():
+    """With K clients, client 0's DP-SGD guarantee is over its own share and its own steps:
+    a third of the data gives a larger epsilon than the whole data would."""
+    base = {**BASE, "defenses": ("dp_sgd(clip=1.0, noise_multiplier=1.0)",), "attacks": (), "train_size": 480}
+    p = prepare(ExperimentSpec(topology="round_robin", clients=3, **base))
+    assert p.trainer.private_examples(p.dataset_size) == p.trainer.clients.sizes[0] == 160
+    many = run_experiment(p)["privacy"][0]
+    one = run_experiment(ExperimentSpec(**base))["privacy"][0]
+    assert many["epsilon"] > one["epsilon"]

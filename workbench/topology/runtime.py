@@ -74,6 +74,9 @@ class TopologyTrainer(Protocol):
     def targets(self, x, y, n: int) -> tuple[jax.Array, jax.Array]:
         """The attacked client's first ``n`` private examples."""
 
+    def private_examples(self, dataset_size: int) -> int:
+        """How many private training examples the attacked client holds (its DP accounting's n)."""
+
     def observe(self, state: SplitState, x, y, *, grants: Iterable[str], aux, key: jax.Array, wire: str
                 ) -> tuple[Observation, jax.Array]:
         """What the adversary observes of the targets ``(x, y)``, and the private input each
@@ -205,6 +208,10 @@ class ManyClients:
     def targets(self, x, y, n: int):
         return _client0_targets(self.clients, x, y, n)
 
+    def private_examples(self, dataset_size: int) -> int:
+        del dataset_size
+        return int(self.clients.sizes[0])
+
     def observe(self, state, x, y, *, grants, aux, key, wire):
         return observe(self.trainer, state.params, x, y, grants=grants, aux=aux, key=key, wire=wire,
                        parties=state.parties), jnp.asarray(x)
@@ -256,6 +263,10 @@ class UShapedClients:
 
     def targets(self, x, y, n: int):
         return _client0_targets(self.clients, x, y, n)
+
+    def private_examples(self, dataset_size: int) -> int:
+        del dataset_size
+        return int(self.clients.sizes[0])
 
     def _params(self, state) -> dict:
         return {**state.params["client"], **state.params["server"]}
@@ -351,6 +362,9 @@ class VerticalParties:
 
     def targets(self, x, y, n: int):
         return jnp.asarray(np.asarray(x)[:n]), jnp.asarray(np.asarray(y)[:n])
+
+    def private_examples(self, dataset_size: int) -> int:
+        return dataset_size  # every party holds (its strip of) every example
 
     def _send(self, params, x, key, which):
         m, wire = self.trainer.model, self.trainer.wire

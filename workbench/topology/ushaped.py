@@ -9,9 +9,11 @@ Two cuts: the client holds ``front`` (blocks up to ``cut1``) and ``head`` (block
 3. client -> server: ``dz2 = d loss / d z2``    (gradient at the head's input)
 4. server -> client: ``dz1 = d loss / d z1``    (gradient at cut 1)
 
-No labels cross. With K clients the clients take turns (round-robin) and hand their
-front and head to the next client directly (eta*N per hand-over). An epoch of a client is
-one jitted ``lax.scan``; gradients equal ``jax.grad`` of the uncut model.
+No labels cross. Every message crosses a wire (``UShapedTrainer.wire`` at cut 1,
+``wire2`` at cut 2), whose transforms are the defenses; bytes are counted as sent. With K
+clients the clients take turns (round-robin) and hand their front and head to the next
+client directly (eta*N per hand-over). An epoch of a client is one jitted ``lax.scan``;
+with identity wires the gradients equal ``jax.grad`` of the uncut model.
 """
 
 from __future__ import annotations

@@ -3,10 +3,13 @@
 Client m holds the m-th vertical strip of every image (M = 2: left and right halves) and
 a bottom model of its own; the server holds the top model and the labels (Vepakomma et
 al. 2018, "vertically partitioned data"). One step: every client sends its smash
-``z_m = bottom(params_m, x[..., strip m, :])``; the server concatenates them along the
-feature axis, runs the top model and the loss, and sends each client the gradient of its
-own slice. The M bottoms have the same architecture, so they run as ONE vmapped program
-over clients (their parameters stacked); an epoch is one jitted ``lax.scan``.
+``z_m = bottom(params_m, x[..., strip m, :])``; the server joins them
+(``VerticalModel.join``: side by side, or summed), runs the top model and the loss, and sends each client the gradient of its
+own slice. Each party's smash and the gradient it receives cross its own wire
+(``VerticalTrainer.wire``: the same transforms, the party's own state and randomness).
+The M bottoms have the same architecture, so they run as ONE vmapped program over clients
+(their parameters stacked); an epoch is one jitted ``lax.scan``. ``make_vertical`` builds
+dense bottoms and top; ``vertical_split`` cuts a zoo model for strips (the spec path).
 """
 
 from __future__ import annotations
