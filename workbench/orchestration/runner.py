@@ -279,13 +279,15 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
     dcor_sq = float(metrics.distance_correlation_squared_distances(xd, z_clean))  # Titcombe et al.'s variant
     timings["evaluate"] = time.perf_counter() - t0
 
-    steps = spec.epochs * (p.dataset_size // spec.batch_size)
+    # The guarantee is the attacked client's: with K clients, over its own examples and steps.
+    private = p.dataset_size if vanilla else trainer.private_examples(p.dataset_size)
+    steps = spec.epochs * (private // spec.batch_size)
     built = p.built if p.built is not None else spec.build()
     privacy = []
     for d in built.defenses:
         entry = {"defense": d.name, "guarantee": d.guarantee}
         if d.accountant is not None:
-            entry.update(d.accountant(steps=steps, batch_size=spec.batch_size, dataset_size=p.dataset_size,
+            entry.update(d.accountant(steps=steps, batch_size=spec.batch_size, dataset_size=private,
                                       delta=spec.delta))
         privacy.append(entry)
 
