@@ -191,6 +191,11 @@ class ManyClients:
     def active(self) -> bool:
         return self.trainer.active
 
+    @property
+    def model(self):
+        """The split model every client runs (``SplitModel``)."""
+        return self.trainer.model
+
     def init(self, *, key: jax.Array) -> SplitState:
         return self.trainer.init(key=key)
 
