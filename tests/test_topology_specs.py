@@ -106,7 +106,9 @@ def test_vertical_wire_carries_each_partys_smash_through_the_defense():
     acc_c = clean.trainer.evaluate(fc.state, clean.x_test, clean.y_test)["accuracy"]
     assert acc_n < acc_c
     obs, x_scored, _ = observation(noisy, fn.state, jax.random.key(0))
-    assert obs.smash.shape == (BASE["targets"], 2, *tc.model.party_smash_shape)  # every party's smash
+    q = tc.model.party_smash_shape[0]
+    assert obs.smash.shape == (BASE["targets"], 2 * q)  # every party's smash, side by side
+    np.testing.assert_array_equal(np.asarray(tc.model.parties_of(obs.smash)[1]), np.asarray(obs.smash[:, q:]))
     assert x_scored.shape == (BASE["targets"], 8, 8, 1)  # scored against the whole input
 
 

@@ -22,12 +22,14 @@ What the adversary observes (``observe``):
   received (the gradient at the head's input, which label-leakage attacks read).
   ``labels`` are never observable (they never leave the client), nor are ``server_apply``
   and ``server_params`` as a task model (the server's part ends at cut 2, not in logits).
-* vertical: the server receives every party's smash. ``smash`` stacks them, ``(N, M,
-  *party_smash)``, and ``client_apply(params, x)`` maps a whole input to that stack (each
-  party's bottom on its strip), so an inversion reconstructs every party's strip at once
-  and is scored against the whole input (strip m of the reconstruction is the attack on
-  party m); ``cut_grads`` stacks the gradients the parties receive; ``labels`` are the
-  server's; ``server_apply`` is the top on the stacked smashes.
+* vertical: the server receives every party's smash. ``smash`` holds them side by side
+  (``VerticalModel.side_by_side``: concatenated along the features of dense smashes, along
+  the width of image smashes, so it looks like one client's smash), and
+  ``client_apply(params, x)`` maps a whole input to that array (each party's bottom on its
+  strip), so an inversion reconstructs every party's strip at once and is scored against
+  the whole input (strip m of the reconstruction is the attack on party m); ``cut_grads``
+  holds the gradients the parties receive, side by side; ``labels`` are the server's;
+  ``server_apply`` is the top on the side-by-side smashes.
 """
 
 from __future__ import annotations
@@ -318,22 +320,22 @@ class UShapedClients:
 # ---------------------------------------------------------------- vertical
 @dataclass(frozen=True)
 class PartySmashes:
-    """``apply(stacked params, x) -> (N, M, *party_smash)``: every party's smash of its strip."""
+    """``apply(stacked params, x)``: every party's smash of its strip, side by side."""
 
     model: VerticalModel
 
     def __call__(self, params, x):
-        return jnp.swapaxes(self.model.smashes(params, x), 0, 1)
+        return self.model.side_by_side(self.model.smashes(params, x))
 
 
 @dataclass(frozen=True)
 class TopOnParties:
-    """``apply(top params, z (N, M, *party_smash)) -> logits``: the top on the joined smashes."""
+    """``apply(top params, z side by side) -> logits``: the top on the joined smashes."""
 
     model: VerticalModel
 
     def __call__(self, params, z):
-        return self.model.top.apply(params, self.model.joined(jnp.swapaxes(z, 0, 1)))
+        return self.model.top.apply(params, self.model.joined(self.model.parties_of(z)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -390,16 +392,16 @@ class VerticalParties:
         k_smash, k_query, k_step = jax.random.split(key, 3)
         fields: dict[str, Any] = {}
         if "smash" in grants:
-            fields["smash"] = jnp.swapaxes(self._send(p["clients"], x, k_smash, wire), 0, 1)
+            fields["smash"] = m.side_by_side(self._send(p["clients"], x, k_smash, wire))
         if "cut_grads" in grants:
-            fields["cut_grads"] = jnp.swapaxes(tr.exchange(p, tr.init_wire(), x, y, key=k_step).messages[1], 0, 1)
+            fields["cut_grads"] = m.side_by_side(tr.exchange(p, tr.init_wire(), x, y, key=k_step).messages[1])
         if "labels" in grants:
             fields["labels"] = y
         model_fields = {
             "client_apply": lambda: PartySmashes(m), "client_params": lambda: p["clients"],
             "client_init": lambda: m.params["clients"], "server_apply": lambda: TopOnParties(m),
             "server_params": lambda: p["server"],
-            "query": lambda: jax.jit(lambda x: jnp.swapaxes(self._send(p["clients"], x, k_query, wire), 0, 1)),
+            "query": lambda: jax.jit(lambda x: m.side_by_side(self._send(p["clients"], x, k_query, wire))),
         }
         fields.update({f: make() for f, make in model_fields.items() if f in grants})
         fields.update(_aux(grants, aux))
@@ -414,10 +416,11 @@ class VerticalParties:
     def summary(self) -> dict:
         m = self.trainer.model
         return {"cut": self.cut, "input_shape": list(m.input_shape), "strip_shape": list(m.strip_shape),
-                "smash_shape": [m.num_clients, *m.party_smash_shape], "join": m.join, "params": m.param_counts}
+                "smash_shape": list(m.side_by_side(jnp.zeros((m.num_clients, 1, *m.party_smash_shape))).shape[1:]),
+                "party_smash_shape": list(m.party_smash_shape), "join": m.join, "params": m.param_counts}
 
     def describe(self) -> dict:
         m = self.trainer.model
         return {"name": self.name, "parties": m.num_clients, "strip_shape": list(m.strip_shape),
-                "observed": "smash: every party's smash, stacked (N, M, ...); scored against the whole input"}
+                "observed": "smash: every party's smash, side by side; scored against the whole input"}
 

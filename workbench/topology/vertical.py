@@ -87,6 +87,15 @@ class VerticalModel:
             return z_MxB.sum(0)
         return jnp.concatenate(list(z_MxB), axis=self.concat_axis)
 
+    def side_by_side(self, z_MxB: jax.Array) -> jax.Array:
+        """The parties' smashes as one array, side by side along ``concat_axis`` (B, ...):
+        how the server holds what it received, whatever the join."""
+        return jnp.concatenate(list(z_MxB), axis=self.concat_axis)
+
+    def parties_of(self, z_B: jax.Array) -> jax.Array:
+        """``side_by_side``'s inverse: (M, B, *party_smash_shape)."""
+        return jnp.stack(jnp.split(z_B, self.num_clients, axis=self.concat_axis))
+
     def smashes(self, clients_params, x: jax.Array) -> jax.Array:
         """Every party's smash of its strip of ``x``: (M, B, *party_smash_shape)."""
         return jax.vmap(self.bottom.apply)(clients_params, strips(x, self.num_clients))
