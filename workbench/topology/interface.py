@@ -113,8 +113,9 @@ class Vanilla:
     def check(self, make, cut, *, input_shape, clients, alpha, privatizer, honest) -> None:
         del make, cut, input_shape, privatizer, honest
         if clients != 1 or alpha is not None:
+            got = f"clients={clients!r}" + ("" if alpha is None else f" and a Dirichlet(alpha={alpha:g}) partition")
             raise ValueError(f"topology 'vanilla' is one client with all the data (clients=1, partition='iid'), got "
-                             f"clients={clients!r}; for K clients pick one of {TOPOLOGIES.names()}")
+                             f"{got}; for K clients pick one of {TOPOLOGIES.names()}")
 
     def refuse(self, needs):
         return None
