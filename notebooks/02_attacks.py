@@ -231,7 +231,7 @@ label_obs = Observation(smash=res.taps[0].smash[i], cut_grads=res.taps[0].cut_gr
 _, y_step = tap_targets(res.taps[0], step, private.x_train)
 attack = build_attack(f"unsplit_labels(steps={LABEL_STEPS})")
 pred = np.asarray(attack(label_obs, key=jax.random.key(4)).output)
-raw = evaluate_attack(attack, label_obs, y_step, key=jax.random.key(4))["accuracy"]
+raw = evaluate_attack(attack, label_obs, y_step, key=jax.random.key(4))["label_accuracy"]
 confusion = np.zeros((ds.num_classes, ds.num_classes))
 np.add.at(confusion, (pred, y_step), 1)
 r_, c_ = linear_sum_assignment(-confusion)

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.image import imsave
 
 from split_workbench import metrics
+from split_workbench.attacks.evaluate import PSNR_CLIP, score_inversion, score_labels
 from split_workbench.data import load, split_aux
 from split_workbench.defenses.base import combine
 from split_workbench.models import make_model
@@ -194,8 +195,6 @@ def observation(p: Prepared, state, key):
     return obs, x_t, y_t
 
 
-# A perfect reconstruction has infinite PSNR: scores cap it here so that means stay finite.
-PSNR_CLIP = 100.0
 
 SCORING = """Scoring (the same for `run`, `sweep` and `attack`): the targets are the spec's first
 `targets` private training examples (in the seeded shuffle of `prepare`, never the test
@@ -212,21 +211,11 @@ index (so it scores as the record does) and gives new ones the next indices."""
 
 
 def _score_inversion(recon, x_true) -> dict:
-    ssim = np.asarray(metrics.ssim(recon, x_true))
-    psnr = np.asarray(metrics.psnr(recon, x_true))
-    mse = np.asarray(metrics.mse(recon, x_true))
-    return {"ssim_mean": float(ssim.mean()), "psnr_mean": float(np.mean(np.minimum(psnr, PSNR_CLIP))),
-            "mse_mean": float(mse.mean()), "ssim": ssim.tolist(), "psnr": np.minimum(psnr, PSNR_CLIP).tolist(),
-            "mse": mse.tolist()}
+    return score_inversion(recon, x_true)
 
 
 def _score_label(output, y_true, num_classes) -> dict:
-    out = np.asarray(output)
-    if out.ndim == 1 and np.issubdtype(out.dtype, np.floating):
-        if num_classes == 2:
-            return {"auc": float(metrics.roc_auc(jnp.asarray(out), jnp.asarray(y_true)))}
-        return {"auc": None, "note": "leak AUC needs a binary task"}
-    return {"label_accuracy": float(np.mean(out.reshape(-1) == np.asarray(y_true).reshape(-1)))}
+    return score_labels(output, y_true, positive=1 if num_classes == 2 else None)
 
 
 def attack_stage(p: Prepared, state, attacks, *, timings: dict) -> tuple[dict, dict]:
