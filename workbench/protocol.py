@@ -31,7 +31,8 @@ from split_workbench.split import SplitModel
 from split_workbench.transforms import GradPrivatizer, LossTerm
 from split_workbench.wire import Tap, Traffic, Wire, WireState
 
-__all__ = ["SplitState", "StepMetrics", "Observed", "ClientKept", "Exchange", "SplitTrainer", "cross_entropy"]
+__all__ = ["SplitState", "StepMetrics", "Observed", "ClientKept", "Exchange", "SplitTrainer", "cross_entropy",
+           "evaluate_batched"]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -321,19 +322,28 @@ class SplitTrainer:
         return {"loss": float(loss), "accuracy": float(acc)}
 
     def _evaluate(self, params, x, y, key, batch_size):
-        n = x.shape[0]
-        b = min(batch_size, n)
-        chunks = -(-n // b)
-        pad = chunks * b - n
-        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(chunks, b, *x.shape[1:])
-        yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(chunks, b)
-        mask = (jnp.arange(chunks * b) < n).reshape(chunks, b)
-        def one(inp):
-            i, xb, yb, mb = inp
-            z = self.send_smash(params["client"], xb, key=jax.random.fold_in(key, i))
-            logits = self.model.server.apply(params["server"], z)
-            per = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-            return (per * mb).sum(), ((jnp.argmax(logits, -1) == yb) * mb).sum()
+        def logits(p, xb, k):
+            return self.model.server.apply(p["server"], self.send_smash(p["client"], xb, key=k))
+        return evaluate_batched(logits, params, x, y, key, batch_size)
 
-        losses, correct = jax.lax.map(one, (jnp.arange(chunks), xp, yp, mask))
-        return losses.sum() / n, correct.sum() / n
+
+def evaluate_batched(logits_fn, params, x: jax.Array, y: jax.Array, key: jax.Array, batch_size: int):
+    """Mean task loss and accuracy of ``logits_fn(params, x_batch, key_i)`` over ``(x, y)`` in
+    chunks of ``batch_size`` (the last one padded and masked), chunk ``i`` with
+    ``fold_in(key, i)``: one ``lax.map``, for every topology's evaluation."""
+    n = x.shape[0]
+    b = min(batch_size, n)
+    chunks = -(-n // b)
+    pad = chunks * b - n
+    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(chunks, b, *x.shape[1:])
+    yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(chunks, b)
+    mask = (jnp.arange(chunks * b) < n).reshape(chunks, b)
+
+    def one(inp):
+        i, xb, yb, mb = inp
+        logits = logits_fn(params, xb, jax.random.fold_in(key, i))
+        per = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        return (per * mb).sum(), ((jnp.argmax(logits, -1) == yb) * mb).sum()
+
+    losses, correct = jax.lax.map(one, (jnp.arange(chunks), xp, yp, mask))
+    return losses.sum() / n, correct.sum() / n

@@ -50,7 +50,8 @@ def cmd_attack(args) -> int:
     out = Path(args.out) if args.out else run.path / f"attack-{attack_hash(args.attack)}.json"
     write_attack_record(record, out)
     spec = run.prepared.spec
-    print(f"run {run.record['hash']}: {spec.model} cut {run.prepared.trainer.model.cut!r} on {spec.data}, "
+    cut = run.record.get("split", {}).get("cut", spec.cut)  # every topology's record names its cut
+    print(f"run {run.record['hash']}: {spec.model} cut {cut!r} ({spec.topology}) on {spec.data}, "
           f"{spec.targets} private training targets")
     print(f"{'attack':44s} {'SSIM':>7s} {'PSNR':>7s} {'MSE':>9s} {'AUC/acc':>8s} {'sec':>7s}")
     nan = float("nan")

@@ -37,16 +37,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from split_workbench.observation import WIRES, Observation, observe
-from split_workbench.protocol import SplitState, SplitTrainer
+from split_workbench.protocol import SplitState, SplitTrainer, evaluate_batched
 from split_workbench.topology.accounting import KINDS, NetworkModel, TopologyResult
 from split_workbench.topology.clients import Clients, Task
 from split_workbench.topology.sequential import run_clients
@@ -141,24 +139,7 @@ def _client0_targets(clients: Clients, x, y, n: int):
     return jnp.asarray(np.asarray(x)[ids]), jnp.asarray(np.asarray(y)[ids])
 
 
-@partial(jax.jit, static_argnames=("logits_fn", "batch_size"))
-def _evaluate(logits_fn, params, x, y, key, batch_size):
-    n = x.shape[0]
-    b = min(batch_size, n)
-    chunks = -(-n // b)
-    pad = chunks * b - n
-    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(chunks, b, *x.shape[1:])
-    yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(chunks, b)
-    mask = (jnp.arange(chunks * b) < n).reshape(chunks, b)
-
-    def one(inp):
-        i, xb, yb, mb = inp
-        logits = logits_fn(params, xb, jax.random.fold_in(key, i))
-        per = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-        return (per * mb).sum(), ((jnp.argmax(logits, -1) == yb) * mb).sum()
-
-    losses, correct = jax.lax.map(one, (jnp.arange(chunks), xp, yp, mask))
-    return losses.sum() / n, correct.sum() / n
+_evaluate = jax.jit(evaluate_batched, static_argnames=("logits_fn", "batch_size"))
 
 
 def _evaluated(logits_fn, params, x, y) -> dict[str, float]:
