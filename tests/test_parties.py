@@ -148,7 +148,7 @@ def test_a_client_party_can_send_probe_batches_it_does_not_learn_from():
 
 
 TINY = ExperimentSpec(data="digits", model="mlp", cut="relu1", epochs=2, batch_size=64, aux_size=100, targets=4,
-                      attacks=("rmle(steps=10)",))
+                      attacks=("rmle(steps=10)",), train_size=512)
 
 
 def test_server_from_a_spec_and_active_runs_never_share_training(tmp_path):
@@ -165,8 +165,8 @@ def test_server_from_a_spec_and_active_runs_never_share_training(tmp_path):
     assert "train_path" not in honest2["timings"]
     honest3 = run_experiment(TINY.with_overrides(["targets=5"]), tmp_path, cache=cache)
     assert honest3["timings"]["train_path"].startswith("reused")
-    # the lying server hurts the model it helps train (0.77 against 0.81 here)
-    assert bad["metrics"]["test_accuracy"] < honest["metrics"]["test_accuracy"] - 0.02
+    # the lying server hurts the model it helps train (0.61 against 0.71 here)
+    assert bad["metrics"]["test_accuracy"] < honest["metrics"]["test_accuracy"] - 0.05
 
 
 @pytest.mark.parametrize("field, value, match", [("server", "nobody", "field 'server'"),

@@ -102,12 +102,12 @@ def test_sflv1_with_one_client_is_split_learning(setup):
     close(b.params, {"client": c.params["client"][0], "server": c.params["server"]}, tol=0)
     # and split learning with one client is the plain SplitTrainer on the same batches
     st = tr.init()
+    step = jax.jit(tr.step)  # compiled once for every step below
     for e in range(2):
         ids, valid = epoch_plan(task.clients, key=plan_key(key, e))
         kk = step_keys(key, e, 1)[0]
         for s in range(int(valid[0].sum())):
-            st, _, _ = jax.jit(tr.step)(st, task.x_train[ids[0, s]], task.y_train[ids[0, s]],
-                                        key=jax.random.fold_in(kk, s))
+            st, _, _ = step(st, task.x_train[ids[0, s]], task.y_train[ids[0, s]], key=jax.random.fold_in(kk, s))
     close(b.params, st.params)
 
 
