@@ -81,7 +81,8 @@ class Registry:
         try:
             return self._factories[name]
         except KeyError:
-            raise SpecError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {self.names()}") from None
+            plural = self.kind[:-1] + "ies" if self.kind.endswith("y") else self.kind + "s"
+            raise SpecError(f"unknown {self.kind} {name!r}; registered {plural}: {self.names()}") from None
 
     def parameters(self, name: str) -> dict[str, Any]:
         """The factory's keyword parameters and defaults (``inspect.Parameter.empty`` if required)."""
