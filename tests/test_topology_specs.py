@@ -151,7 +151,7 @@ def test_multi_client_targets_are_client_0s_private_examples():
 
 @pytest.mark.parametrize("fields, match", [
     (dict(clients=2), "topology 'vanilla' is one client"),
-    (dict(topology="ring"), "registered topologys: \\['round_robin'"),
+    (dict(topology="ring"), "registered topologies: \\['round_robin'"),
     (dict(topology="round_robin(handover='sideways')"), "handover must be one of"),
     (dict(topology="vertical", clients=1), "clients >= 2"),
     (dict(topology="vertical", clients=2), "join='sum'"),  # mlp smashes are dense: concat does not fit
