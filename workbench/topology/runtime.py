@@ -158,8 +158,20 @@ def _aux(grants, aux) -> dict:
 
 
 # ---------------------------------------------------------------- round-robin and SplitFed
+class _ClientZeroAttacked:
+    """K clients, the adversary's victim is client 0: its own first examples are the
+    targets, and its own share is what its DP accounting counts."""
+
+    def targets(self, x, y, n: int):
+        return _client0_targets(self.clients, x, y, n)
+
+    def private_examples(self, dataset_size: int) -> int:
+        del dataset_size
+        return int(self.clients.sizes[0])
+
+
 @dataclass(frozen=True, eq=False)
-class ManyClients:
+class ManyClients(_ClientZeroAttacked):
     """K clients against one server part with one ``SplitTrainer``: ``mode`` is a round-robin
     hand-over (``"peer"``, ``"server"``, ``"none"``), ``"sflv1"`` or ``"sflv2"``."""
 
@@ -193,13 +205,6 @@ class ManyClients:
         jax.block_until_ready(state)
         return FitResult(state, _history(result, time.perf_counter() - t0, self.clients.batch_size), [])
 
-    def targets(self, x, y, n: int):
-        return _client0_targets(self.clients, x, y, n)
-
-    def private_examples(self, dataset_size: int) -> int:
-        del dataset_size
-        return int(self.clients.sizes[0])
-
     def observe(self, state, x, y, *, grants, aux, key, wire):
         return observe(self.trainer, state.params, x, y, grants=grants, aux=aux, key=key, wire=wire,
                        parties=state.parties), jnp.asarray(x)
@@ -219,7 +224,7 @@ class ManyClients:
 
 # ---------------------------------------------------------------- U-shaped
 @dataclass(frozen=True, eq=False)
-class UShapedClients:
+class UShapedClients(_ClientZeroAttacked):
     """K clients taking turns with the U-shaped protocol (two cuts, labels on the clients)."""
 
     name: str
@@ -248,13 +253,6 @@ class UShapedClients:
         state = self._state(params, oc, os_, ws, steps)
         jax.block_until_ready(state)
         return FitResult(state, _history(result, time.perf_counter() - t0, self.clients.batch_size), [])
-
-    def targets(self, x, y, n: int):
-        return _client0_targets(self.clients, x, y, n)
-
-    def private_examples(self, dataset_size: int) -> int:
-        del dataset_size
-        return int(self.clients.sizes[0])
 
     def _params(self, state) -> dict:
         return {**state.params["client"], **state.params["server"]}
