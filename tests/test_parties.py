@@ -12,7 +12,7 @@ from fixtures.malicious_server import LabelShiftServer
 
 from split_workbench.models import make_model
 from split_workbench.orchestration.experiment import ExperimentSpec, SpecError
-from split_workbench.orchestration.runner import TrainedModels, run_experiment
+from split_workbench.orchestration.runner import TrainedModels, prepare, run_experiment, train_stage
 from split_workbench.parties import HonestServer, build_server
 from split_workbench.protocol import SplitTrainer, cross_entropy
 from split_workbench.split import split
@@ -197,3 +197,18 @@ def test_the_phases_of_a_step_run_apart_as_two_processes_would():
         for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
     assert not bool(kept.applies) and not bool(stop)
+
+
+@pytest.mark.parametrize("topology", ["round_robin(handover='peer')", "splitfed_v2"])
+def test_parties_in_multi_client_topologies(topology):
+    """One server party serves every client: its state counts every client's steps; each
+    client keeps its own client party state."""
+    evil = TINY.with_overrides([f"topology={topology}", "clients=2", "server=label_shift", "epochs=1"])
+    p = prepare(evil)
+    assert p.trainer.active
+    fitted = train_stage(p)
+    steps = sum(h["steps"] for h in fitted.history)
+    assert steps > 0 and int(fitted.state.parties["server"]["replies"]) == steps
+    assert fitted.state.parties["client"] == ()
+    with pytest.raises(SpecError, match="splitfed_v2"):
+        evil.with_overrides(["topology=splitfed_v1"]).build()

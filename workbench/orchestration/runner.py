@@ -81,7 +81,7 @@ def build_topology_trainer(built: Built, input_shape: tuple[int, ...], y_train) 
     return built.topology.build(
         make, built.cut, TopologyParts(opt(spec.lr), opt(spec.lr), Wire(parts["forward"], parts["backward"],
                                                                          parts["inference"]),
-                                       parts["loss_terms"], parts["privatizer"]),
+                                       parts["loss_terms"], parts["privatizer"], built.server, built.client),
         input_shape=tuple(input_shape), num_classes=built.num_classes, labels=y_train, clients=spec.clients,
         alpha=built.alpha, batch_size=spec.batch_size, model_key=jax.random.fold_in(seed, 0),
         partition_key=jax.random.fold_in(seed, 5))

@@ -69,6 +69,8 @@ class TopologyParts(NamedTuple):
     wire: Wire
     loss_terms: tuple[LossTerm, ...] = ()
     privatizer: GradPrivatizer | None = None
+    server: Any = None  # the server party's strategy (None: honest)
+    client: Any = None  # every client's party strategy (None: honest)
 
 
 @runtime_checkable
@@ -98,7 +100,7 @@ def _check_count(clients: int, lo: int, name: str) -> None:
 def _honest_only(name: str, privatizer: bool, honest: bool, *, dp: bool) -> None:
     if not honest:
         raise ValueError(f"topology {name!r} runs honest parties only; server and client strategies (an active "
-                         "adversary, a detector) run in the vanilla topology")
+                         "adversary, a detector) run in vanilla, round_robin and splitfed_v2")
     if privatizer and not dp:
         raise ValueError(f"topology {name!r} has no DP-SGD on the client's update (a privatizer defense); it runs "
                          "in vanilla, round_robin, splitfed_v1 and splitfed_v2")
@@ -126,8 +128,9 @@ class Vanilla:
 
 def _split_trainer(make, cut, parts: TopologyParts, input_shape, model_key) -> SplitTrainer:
     sm = split(make(key=model_key, input_shape=input_shape), cut)
+    parties = {k: v for k, v in (("server", parts.server), ("client", parts.client)) if v is not None}
     return SplitTrainer(sm, parts.client_opt, parts.server_opt, wire=parts.wire, loss_terms=parts.loss_terms,
-                        privatizer=parts.privatizer)
+                        privatizer=parts.privatizer, **parties)
 
 
 def _clients(labels, clients, alpha, batch_size, partition_key, num_classes):
@@ -146,7 +149,9 @@ class SingleCut:
     def check(self, make, cut, *, input_shape, clients, alpha, privatizer, honest) -> None:
         del make, cut, input_shape, alpha
         _check_count(clients, 1, self.name)
-        _honest_only(self.name, privatizer, honest, dp=True)
+        # round-robin and SplitFed V2 run the parties (one server party, a client party per
+        # client); SplitFed V1's clients step in parallel under vmap, honest only for now
+        _honest_only(self.name, privatizer, honest or self.mode != "sflv1", dp=True)
 
     def refuse(self, needs):
         return None

@@ -51,7 +51,7 @@ from split_workbench.topology.sequential import run_clients
 from split_workbench.topology.splitfed import run_splitfed_v1
 from split_workbench.topology.ushaped import UShapedTrainer, run_u_shaped
 from split_workbench.topology.vertical import VerticalModel, VerticalTrainer, run_vertical
-from split_workbench.training import FitResult
+from split_workbench.training import FitResult, party_key
 from split_workbench.wire import Wire
 
 __all__ = ["TopologyTrainer", "ManyClients", "UShapedClients", "VerticalParties", "send_outside_training",
@@ -201,7 +201,7 @@ class ManyClients(_ClientZeroAttacked):
             result, state = run_splitfed_v1(self.trainer, task, epochs=epochs, key=key, network=self.network)
         else:
             result, state = run_clients(self.trainer, task, epochs=epochs, key=key, network=self.network,
-                                        mode=self.mode, name=self.name)
+                                        mode=self.mode, name=self.name, state0=self.init(key=party_key(key)))
         jax.block_until_ready(state)
         return FitResult(state, _history(result, time.perf_counter() - t0, self.clients.batch_size), [])
 

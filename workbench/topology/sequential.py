@@ -71,15 +71,23 @@ _turn_jit = jax.jit(_turn, static_argnums=0)
 
 
 def run_clients(trainer: SplitTrainer, task: Task, *, epochs: int, key, network: NetworkModel, mode: str,
-                name: str) -> tuple[TopologyResult, SplitState]:
+                name: str, state0: SplitState | None = None) -> tuple[TopologyResult, SplitState]:
     """Round-robin split learning (``mode`` "peer", "server" or "none") or SplitFed V2
     (``mode="sflv2"``); returns the accounting and client 0's final state (its client part
     and optimizer state, the server part, the wire state, the steps run). Each history
     entry also holds the epoch's ``steps``, ``train_loss``, ``train_accuracy`` and
-    ``client_reg`` (means over the steps every client ran)."""
+    ``client_reg`` (means over the steps every client ran).
+
+    Parties: the server party's state is one (one server), each client has its own client
+    party state and its own stop flag (a client whose detector stopped training takes its
+    turns without updates). ``state0`` seeds them (default ``trainer.init()``)."""
     sm, clients = trainer.model, task.clients
     k_num, b = clients.num_clients, clients.batch_size
-    st0 = trainer.init()
+    st0 = trainer.init() if state0 is None else state0
+    with_parties = isinstance(st0.parties, dict)
+    cparties = [st0.parties["client"] if with_parties else ()] * k_num
+    sparty = st0.parties["server"] if with_parties else ()
+    stops = [st0.stopped] * k_num
     per_client = mode in ("none", "sflv2")
     pcs = [st0.params["client"]] * k_num if per_client else None
     pc = st0.params["client"]
@@ -105,7 +113,8 @@ def run_clients(trainer: SplitTrainer, task: Task, *, epochs: int, key, network:
         sums = np.zeros(3)  # loss, accuracy, client_reg summed over the epoch's valid steps
         for k in map(int, order):
             params = {"client": pcs[k] if per_client else pc, "server": server[0]}
-            st = SplitState(params, {"client": ocs[k], "server": server[1]}, server[2], server[3])
+            parties = {"client": cparties[k], "server": sparty} if with_parties else ()
+            st = SplitState(params, {"client": ocs[k], "server": server[1]}, server[2], server[3], parties, stops[k])
             before = int(st.step)
             st, m = turn(trainer, st, task.x_train, task.y_train, ids[k], valid[k], key=keys[k])
             steps = int(st.step) - before  # steps the jitted turn really executed
@@ -116,6 +125,9 @@ def run_clients(trainer: SplitTrainer, task: Task, *, epochs: int, key, network:
                 pc = st.params["client"]
             ocs[k] = st.opt_state["client"]
             server = (st.params["server"], st.opt_state["server"], st.wire_state, st.step)
+            if with_parties:
+                cparties[k], sparty = st.parties["client"], st.parties["server"]
+            stops[k] = st.stopped
             samples[k] = steps * b
             ledger.move(k, SERVER, "activations", traffic.forward * steps)
             ledger.move(k, SERVER, "labels", traffic.labels * steps)
@@ -145,12 +157,15 @@ def run_clients(trainer: SplitTrainer, task: Task, *, epochs: int, key, network:
                                                                          server[0], task),
                         "steps": int(samples.sum()) // b, "train_loss": sums[0] / n_steps,
                         "train_accuracy": sums[1] / n_steps, "client_reg": sums[2] / n_steps})
+        if trainer.client.can_stop:  # which clients' detectors have stopped training so far
+            history[-1]["stopped_clients"] = [k for k in range(k_num) if bool(stops[k])]
     params = {"client": pc if not per_client else pcs, "server": server[0]}
     parties = sm.param_counts
     result = TopologyResult(name, k_num, epochs, {"client": parties["client"], "server": parties["server"]},
                             ledger, cflops, sflops, sim, busy, network, int(clients.samples.sum()), history, params)
     client0 = SplitState({"client": pcs[0] if per_client else pc, "server": server[0]},
-                         {"client": ocs[0], "server": server[1]}, server[2], server[3])
+                         {"client": ocs[0], "server": server[1]}, server[2], server[3],
+                         {"client": cparties[0], "server": sparty} if with_parties else (), stops[0])
     return result, client0
 
 
