@@ -48,7 +48,7 @@ class Prepared:
     aux_y: np.ndarray
     num_classes: int
     dataset_size: int
-    built: Built | None = None
+    built: Built
 
 
 def build_trainer(built: Built, input_shape: tuple[int, ...]) -> SplitTrainer:
@@ -88,7 +88,7 @@ def build_topology_trainer(built: Built, input_shape: tuple[int, ...], y_train) 
 
 
 def _vanilla(p: "Prepared") -> bool:
-    return p.built is None or p.built.topology.name == "vanilla"
+    return p.built.topology.name == "vanilla"
 
 
 def prepare(spec: ExperimentSpec | Built) -> Prepared:
@@ -210,14 +210,6 @@ fold_in(fold_in(key(seed), 3), 10 + i); `attack` reruns an attack of the run's s
 index (so it scores as the record does) and gives new ones the next indices."""
 
 
-def _score_inversion(recon, x_true) -> dict:
-    return score_inversion(recon, x_true)
-
-
-def _score_label(output, y_true, num_classes) -> dict:
-    return score_labels(output, y_true, positive=1 if num_classes == 2 else None)
-
-
 def attack_stage(p: Prepared, state, attacks, *, timings: dict) -> tuple[dict, dict]:
     """Observation -> attacks -> scores: the one scoring path of ``run``, ``sweep`` and ``attack``.
 
@@ -243,10 +235,10 @@ def attack_stage(p: Prepared, state, attacks, *, timings: dict) -> tuple[dict, d
         seconds = time.perf_counter() - t0
         timings[f"attack:{a_spec}"] = seconds
         if attack.kind == "inversion":
-            scores = _score_inversion(out, x_t)
+            scores = score_inversion(out, x_t)
             recons[a_spec] = np.asarray(out)
         else:
-            scores = _score_label(out, y_t, p.num_classes)
+            scores = score_labels(out, y_t, positive=1 if p.num_classes == 2 else None)
         stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float, str, bool))}
         results[a_spec] = {"kind": attack.kind, "needs": sorted(attack.needs), "seconds": seconds, **scores,
                            "stats": stats}
@@ -271,7 +263,7 @@ def evaluate_stage(p: Prepared, state, history: list[dict], *, timings: dict) ->
     # The guarantee is the attacked client's: with K clients, over its own examples and steps.
     private = p.dataset_size if vanilla else trainer.private_examples(p.dataset_size)
     steps = spec.epochs * (private // spec.batch_size)
-    built = p.built if p.built is not None else spec.build()
+    built = p.built
     privacy = []
     for d in built.defenses:
         entry = {"defense": d.name, "guarantee": d.guarantee}
