@@ -86,7 +86,7 @@ class StopAt:
     def send(self, state, x, y, *, key, step):
         return state, x, y, jnp.ones((), bool)
 
-    def inspect(self, state, smash, cut_grads, labels, *, step):
+    def inspect(self, state, smash, cut_grads, labels, *, step, grads):
         seen = jnp.maximum(state["max_grad"], jnp.abs(cut_grads).max())
         return {"max_grad": seen}, step >= self.at
 
@@ -127,7 +127,7 @@ class ProbeEveryOther:
         probe = step % 2 == 1
         return {"probes": state["probes"] + probe}, x, jnp.where(probe, (y + 1) % 10, y), ~probe
 
-    def inspect(self, state, smash, cut_grads, labels, *, step):
+    def inspect(self, state, smash, cut_grads, labels, *, step, grads):
         return state, jnp.zeros((), bool)
 
 

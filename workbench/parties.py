@@ -42,7 +42,7 @@ from split_workbench.registry import Registry
 from split_workbench.split import SplitModel
 
 __all__ = ["ServerReply", "ServerStrategy", "ClientStrategy", "HonestServer", "HonestClient", "SERVERS", "CLIENTS",
-           "build_server", "build_client"]
+           "build_server", "build_client", "needs_data", "bind_data", "task_reply"]
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -99,10 +99,31 @@ class ClientStrategy(Protocol):
         server, which cannot tell, trains on it either way). Called only if ``alters_batches``."""
 
     def inspect(self, state: Any, smash: jax.Array, cut_grads: jax.Array, labels: jax.Array, *,
-                step: jax.Array) -> tuple[Any, jax.Array]:
-        """Looks at the smash it sent and the cut gradient it received; returns its new state
-        and whether to stop training (a boolean scalar). Once stopped, no update is applied,
+                step: jax.Array, grads: Any) -> tuple[Any, jax.Array]:
+        """Looks at the smash it sent, the cut gradient it received and ``grads``, the gradient
+        of its own parameters that this cut gradient induces (before its own loss terms or
+        privatizer: what a detector reads off its first layer); returns its new state and
+        whether to stop training (a boolean scalar). Once stopped, no update is applied,
         including this step's."""
+
+
+def needs_data(party) -> str | None:
+    """Which data a party holds besides the messages: ``"aux"`` (a server's public set, the
+    attacker's auxiliary data), ``"private"`` (a client's own training set, e.g. to calibrate a
+    detector), or None. A party that needs data declares it with a ``data`` attribute and
+    returns a copy of itself holding the data from ``bind(x, y)``; ``bind`` checks the data
+    (shape, size) and raises ``ValueError`` naming what is wrong. The runner binds parties
+    before training."""
+    return getattr(party, "data", None)
+
+
+def bind_data(party, x, y):
+    """``party.bind(x, y)`` when the party needs data (``needs_data``), else the party itself."""
+    if needs_data(party) is None:
+        return party
+    if not hasattr(party, "bind"):
+        raise TypeError(f"{party!r} declares data={party.data!r} but has no bind(x, y)")
+    return party.bind(x, y)
 
 
 def task_reply(model: SplitModel, loss: Loss, params, smash, labels, state=()) -> ServerReply:
@@ -145,7 +166,7 @@ class HonestClient:
     def send(self, state, x, y, *, key, step):
         return state, x, y, jnp.ones((), bool)
 
-    def inspect(self, state, smash, cut_grads, labels, *, step):
+    def inspect(self, state, smash, cut_grads, labels, *, step, grads):
         return state, jnp.zeros((), bool)
 
 

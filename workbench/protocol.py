@@ -219,7 +219,11 @@ class SplitTrainer:
         """The client's half of steps 5-6: its party inspects the received cut gradient (and
         may ask to stop), then the client backpropagates it, plus its own loss terms.
         Returns ``(client gradients, party state, stop, the loss terms' value)``."""
-        party, stop = self.client.inspect(kept.party, kept.smash_sent, cut_grads, kept.labels, step=step)
+        # What the received cut gradient alone does to the client's parameters (a detector
+        # reads it; XLA drops it when the party does not).
+        (g_cut,) = kept.vjp(cut_grads)
+        party, stop = self.client.inspect(kept.party, kept.smash_sent, cut_grads, kept.labels, step=step,
+                                          grads=g_cut)
         x, z = kept.x, kept.z
         cotangent, reg = cut_grads, jnp.zeros((), jnp.float32)
         if self.loss_terms:
@@ -228,7 +232,7 @@ class SplitTrainer:
             reg, g_reg = jax.value_and_grad(client_reg)(z)
             cotangent = cut_grads + g_reg
         if self.privatizer is None:
-            (g_client,) = kept.vjp(cotangent)
+            (g_client,) = kept.vjp(cotangent) if self.loss_terms else (g_cut,)
         else:
             # The batch mean in the loss makes each row of dz carry a 1/B factor; per-example
             # gradients are those of each example's own loss, so that factor is undone.

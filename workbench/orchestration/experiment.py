@@ -38,7 +38,7 @@ from split_workbench.attacks import ATTACKS
 from split_workbench.data import list_datasets
 from split_workbench.defenses import DEFENSES
 from split_workbench.models import MODELS, make_model
-from split_workbench.parties import CLIENTS, SERVERS, ClientStrategy, ServerStrategy
+from split_workbench.parties import CLIENTS, SERVERS, ClientStrategy, ServerStrategy, needs_data
 from split_workbench.registry import SpecError
 from split_workbench.split import _resolve_cut
 from split_workbench.topology import PARTITIONS, TOPOLOGIES, Topology, Vanilla
@@ -226,6 +226,19 @@ class ExperimentSpec:
                            privatizer=privatizer, honest=honest)
         except (ValueError, TypeError) as e:
             raise SpecError(f"field 'topology': {e}") from None
+        train = int(str(dataset["splits"]).split("/")[0]) - self.aux_size
+        steps = (min(train, self.train_size) if self.train_size else train) // self.batch_size * self.epochs
+        for side in ("server", "client"):
+            party = parties[side]
+            if needs_data(party) is not None and topology.name != "vanilla":
+                raise SpecError(f"field {side!r}: {getattr(self, side)!r} holds its own data, which only the "
+                                f"'vanilla' topology binds today; use topology='vanilla'")
+            check = getattr(party, "check_run", None)
+            if check is not None:
+                try:
+                    check(steps)  # e.g. a detector's window must fit in the run
+                except ValueError as e:
+                    raise SpecError(f"field {side!r}: {e}") from None
         for s, attack in zip(self.attacks, built["attacks"]):
             why = topology.refuse(frozenset(attack.needs))
             if why:

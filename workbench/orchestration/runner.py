@@ -23,8 +23,9 @@ from split_workbench.data import load, split_aux
 from split_workbench.defenses.base import combine
 from split_workbench.models import make_model
 from split_workbench.observation import OBSERVATION_FIELDS, observe
+from split_workbench.parties import bind_data, needs_data
 from split_workbench.orchestration.checkpoint import save_state
-from split_workbench.orchestration.experiment import Built, ExperimentSpec, package_versions, record_path
+from split_workbench.orchestration.experiment import Built, ExperimentSpec, SpecError, package_versions, record_path
 from split_workbench.protocol import SplitTrainer
 from split_workbench.split import split
 from split_workbench.topology import TopologyParts, TopologyTrainer
@@ -111,6 +112,18 @@ def prepare(spec: ExperimentSpec | Built) -> Prepared:
     x, y = x[perm], y[perm]
     if spec.targets > x.shape[0]:
         raise ValueError(f"targets {spec.targets} exceeds the {x.shape[0]} private training examples")
+    # Parties that hold data get theirs: a server its public set (the attacker's auxiliary
+    # data), a client its own training set (a detector's calibration).
+    bound = {}
+    for side, party in (("server", built.server), ("client", built.client)):
+        which = needs_data(party)
+        if which is not None:
+            try:
+                bound[side] = bind_data(party, *((aux.x_train, aux.y_train) if which == "aux" else (x, y)))
+            except ValueError as e:
+                raise SpecError(f"field {side!r}: {e}") from None
+    if bound:
+        built = dataclasses.replace(built, **bound)
     trainer = (build_trainer(built, ds.input_shape) if built.topology.name == "vanilla"
                else build_topology_trainer(built, ds.input_shape, y))
     return Prepared(spec, trainer, x, y, ds.x_test, ds.y_test, aux.x_train,
