@@ -19,6 +19,7 @@ from split_workbench.defenses.splitguard import SplitGuard, sg_score
 from split_workbench.defenses.splitout import fit_lof, lof_decision
 from split_workbench.models import make_model
 from split_workbench.orchestration.experiment import ExperimentSpec, SpecError
+from split_workbench.orchestration.runner import prepare, train_stage
 from split_workbench.parties import CLIENTS, ServerReply, build_client, task_reply
 from split_workbench.protocol import SplitTrainer
 from split_workbench.split import split
@@ -201,6 +202,17 @@ TINY = ExperimentSpec(data="digits", model="mlp", cut="relu1", epochs=2, batch_s
 def test_bad_detector_specs_fail_at_build(client, match):
     with pytest.raises(SpecError, match=match):
         ExperimentSpec(**{**TINY.to_dict(), "client": client}).build()
+
+
+def test_the_runner_binds_splitout_and_its_alarm_stops_the_run():
+    """Through the spec and the runner: the client's own training set calibrates the LOF
+    (8 steps per epoch here, so the 10 calibration steps wrap around it)."""
+    p = prepare(TINY.with_overrides(["client=splitout", "server=label_shift", "epochs=6"]))
+    assert p.built.client.x.shape[0] == p.dataset_size == 512
+    fitted = train_stage(p)
+    c = fitted.state.parties["client"]
+    assert bool(c["alarm"]) and bool(fitted.state.stopped) and fitted.history[-1]["stopped"]
+    assert len(fitted.history) == int(c["alarm_step"]) // 8 + 1 < 6
 
 
 def test_detectors_are_registered():
