@@ -15,6 +15,7 @@ from split_workbench.attacks.base import (
     MissingObservation,
     Observation,
 )
+from split_workbench.attacks.fsha import FSHA, FSHAAttack, FSHAProperty, fsha_networks, mse_paper_scale
 from split_workbench.attacks.inverse_net import Decoder, InverseNet, InverseNetConfig, make_decoder, train_decoder
 from split_workbench.attacks.label_leak import CosineLeak, NormLeak, cosine_scores, norm_scores
 from split_workbench.attacks.query_free import QueryFree, ShadowConfig, train_shadow_client
@@ -28,6 +29,7 @@ __all__ = [
     "OBSERVATION_FIELDS", "AbstractAttack", "AttackResult", "MissingObservation", "Observation",
     "ATTACKS", "build_attack", "register_attack",
     "RMLE", "RMLEConfig", "rmle_reconstruct",
+    "FSHA", "FSHAAttack", "FSHAProperty", "fsha_networks", "mse_paper_scale",
     "InverseNet", "InverseNetConfig", "Decoder", "make_decoder", "train_decoder",
     "QueryFree", "ShadowConfig", "train_shadow_client",
     "UnSplit", "UnSplitConfig", "UnSplitLabels", "LabelMatchConfig",

@@ -32,8 +32,12 @@ from split_workbench.defenses.label_leakage import grad_noise, marvell, max_norm
 from split_workbench.defenses.noise import gaussian_noise, laplace_noise
 from split_workbench.defenses.nopeek import nopeek
 from split_workbench.defenses.registry import DEFENSES, build_defense, register_defense
+from split_workbench.defenses.scrutinizer import Scrutinizer, scrutinizer
+from split_workbench.defenses.splitguard import SplitGuard, splitguard
+from split_workbench.defenses.splitout import SplitOut, splitout
 
 __all__ = [
+    "SplitGuard", "splitguard", "SplitOut", "splitout", "Scrutinizer", "scrutinizer",
     "CutTransform", "Defense", "EmptyState", "GradPrivatizer", "LossTerm", "chain", "combine", "dense_nbytes",
     "identity", "is_identity", "message_nbytes", "stateless", "DEFENSES", "build_defense", "register_defense",
     "Schedule", "calibrate_noise", "epsilon", "privacy_report",

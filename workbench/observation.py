@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,15 @@ import numpy as np
 from split_workbench.protocol import SplitTrainer
 from split_workbench.wire import Tap
 
-__all__ = ["Observation", "OBSERVATION_FIELDS", "observe", "observe_tap", "tap_targets", "wire_query"]
+__all__ = ["Observation", "PartyView", "OBSERVATION_FIELDS", "observe", "observe_tap", "tap_targets", "wire_query"]
+
+
+class PartyView(NamedTuple):
+    """A party as trained: its strategy object, the split model and its party state."""
+
+    strategy: Any
+    model: Any
+    state: Any
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,9 @@ class Observation:
       query: black-box access to the client: ``query(x) -> smash`` as the wire would carry it.
       aux_x, aux_y: auxiliary data the attacker holds, disjoint from the private data.
       server_apply, server_params: the server's model (the server is the attacker).
+      server_party: the server party as trained (a ``PartyView``: its strategy, the split
+        model and its party state), e.g. a hijacking server's decoder; granted to an
+        attacker that is the server.
       input_shape: the shape of one private input (H, W, C).
     """
 
@@ -50,6 +61,7 @@ class Observation:
     aux_y: jax.Array | None = None
     server_apply: Callable | None = None
     server_params: Any = None
+    server_party: Any = None
     input_shape: tuple[int, ...] | None = None
 
     def only(self, fields: frozenset[str] | set[str]) -> "Observation":
@@ -154,6 +166,9 @@ def observe(trainer: SplitTrainer, params: dict, x_targets, y_targets=None, *, g
             fields["labels"] = y
     fields.update(_model_fields(grants, trainer, params, k_query, wire))
     fields.update(_aux_fields(grants, aux))
+    if "server_party" in grants:
+        state = trainer.init_parties() if parties is None else parties
+        fields["server_party"] = PartyView(trainer.server, trainer.model, () if not state else state["server"])
     return Observation(input_shape=tuple(trainer.model.input_shape), **fields)
 
 

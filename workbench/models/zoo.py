@@ -196,6 +196,52 @@ def resnet18(shape, num_classes, rngs, width: int = 64):
     return Sequential(blocks, input_shape=shape)
 
 
+class FshaResBlock(nnx.Module):
+    """Pasquini et al. 2021's ResBlock: ReLU-conv-ReLU-conv plus the input (a strided conv
+    on the shortcut when the block downsamples); no normalisation."""
+
+    def __init__(self, cin: int, cout: int, stride: int, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding="SAME", rngs=rngs, **conv_kwargs())
+        self.conv2 = nnx.Conv(cout, cout, (3, 3), padding="SAME", rngs=rngs, **conv_kwargs())
+        self.proj = (nnx.Conv(cin, cout, (3, 3), strides=stride, padding="SAME", rngs=rngs, **conv_kwargs())
+                     if stride != 1 or cin != cout else None)
+
+    def __call__(self, x):
+        y = self.conv2(jax.nn.relu(self.conv1(jax.nn.relu(x))))
+        return y + (x if self.proj is None else self.proj(x))
+
+
+class FshaStem(nnx.Module):
+    """conv 3x3 - GroupNorm - ReLU - max-pool 2x2 (the paper's first layer has BatchNorm)."""
+
+    def __init__(self, cin: int, cout: int, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", rngs=rngs, **conv_kwargs())
+        self.norm = nnx.GroupNorm(cout, num_groups=min(32, cout), rngs=rngs)
+
+    def __call__(self, x):
+        return max_pool_2x2(jax.nn.relu(self.norm(self.conv(x))))
+
+
+def fsha_resnet(shape, num_classes, rngs, width: int = 64):
+    """The client of Pasquini et al. 2021 (FSHA): stem, then ResBlocks 64, 128 s2, 128, 256 s2
+    (cuts ``level1``..``level4``; level 4 is 4x4x256 on 32x32 inputs); the server half is
+    one more ResBlock, global average pooling and a dense layer. ``width`` scales every
+    layer (64 in the paper)."""
+    h, w, _ = shape
+    if h % 8 or w % 8:
+        raise ValueError(f"fsha-resnet needs H and W divisible by 8, got {shape}")
+    w1, w2, w4 = width, 2 * width, 4 * width
+    blocks = [("level1", nnx.Sequential(FshaStem(shape[2], w1, rngs), FshaResBlock(w1, w1, 1, rngs))),
+              ("level2", FshaResBlock(w1, w2, 2, rngs)),
+              ("level3", FshaResBlock(w2, w2, 1, rngs)),
+              ("level4", FshaResBlock(w2, w4, 2, rngs)),
+              ("block5", FshaResBlock(w4, w4, 1, rngs)),
+              ("relu5", relu),
+              ("pool", global_avg_pool),
+              ("fc", nnx.Linear(w4, num_classes, rngs=rngs))]
+    return Sequential(blocks, input_shape=shape)
+
+
 for _info in (
     ModelInfo("he2019-lenet", he2019_lenet, (28, 28, 1), "relu2", ("conv1", "relu2"),
               "He et al. 2019 MNIST LeNet (conv 8-16, fc 120-84)"),
@@ -206,5 +252,7 @@ for _info in (
     ModelInfo("mlp", mlp, (28, 28, 1), "relu1", ("relu1",), "MLP, hidden 256-128"),
     ModelInfo("resnet18", resnet18, (32, 32, 3), "layer1.1", ("stem", "layer1.1", "layer2.1"),
               "ResNet-18 for 32x32 inputs, GroupNorm"),
+    ModelInfo("fsha-resnet", fsha_resnet, (32, 32, 3), "level4", ("level1", "level2", "level3", "level4"),
+              "Pasquini et al. 2021 FSHA client (ResBlocks 64-128-128-256), GroupNorm stem"),
 ):
     register_model(_info)

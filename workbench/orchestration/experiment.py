@@ -240,6 +240,10 @@ class ExperimentSpec:
                 except ValueError as e:
                     raise SpecError(f"field {side!r}: {e}") from None
         for s, attack in zip(self.attacks, built["attacks"]):
+            wants = getattr(attack, "requires_server", None)  # an attack that reads what a server party learnt
+            if wants is not None and parties["server"].name != wants:
+                raise SpecError(f"field 'attacks': {s!r} reads a trained {wants!r} server, but the spec's server is "
+                                f"{self.server!r}; set server={wants!r} (with its arguments)")
             why = topology.refuse(frozenset(attack.needs))
             if why:
                 raise SpecError(f"field 'attacks': {s!r} needs {sorted(attack.needs)}, but {why}")
