@@ -228,8 +228,8 @@ def fsha_resnet(shape, num_classes, rngs, width: int = 64):
     one more ResBlock, global average pooling and a dense layer. ``width`` scales every
     layer (64 in the paper)."""
     h, w, _ = shape
-    if h % 8 or w % 8:
-        raise ValueError(f"fsha-resnet needs H and W divisible by 8, got {shape}")
+    if h < 8 or w < 8:
+        raise ValueError(f"fsha-resnet needs inputs of at least 8x8, got {shape}")
     w1, w2, w4 = width, 2 * width, 4 * width
     blocks = [("level1", nnx.Sequential(FshaStem(shape[2], w1, rngs), FshaResBlock(w1, w1, 1, rngs))),
               ("level2", FshaResBlock(w1, w2, 2, rngs)),
