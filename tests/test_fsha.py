@@ -208,3 +208,12 @@ def test_splitout_flags_fsha_and_passes_an_honest_server():
     assert bool(st.parties["client"]["alarm"]) and 0 <= int(st.parties["client"]["alarm_step"]) < 64
     honest, _ = _run("honest", client="splitout(window=10)", epochs=4)
     assert not bool(honest.parties["client"]["alarm"]) and int(honest.parties["client"]["alarm_step"]) == -1
+
+
+@pytest.mark.parametrize("topology", ["u_shaped", "vertical", "splitfed_v1"])
+@pytest.mark.parametrize("client", ["splitguard", "scrutinizer"])
+def test_a_detector_where_parties_do_not_run_is_refused(topology, client):
+    import split_workbench.defenses  # noqa: F401  (registers the detectors)
+
+    with pytest.raises(SpecError, match=f"topology '{topology}' runs honest parties only"):
+        ExperimentSpec(client=client, topology=topology, clients=2, attacks=()).build()
