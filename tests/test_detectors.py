@@ -195,7 +195,7 @@ TINY = ExperimentSpec(data="digits", model="mlp", cut="relu1", epochs=2, batch_s
     ("splitout(window=17)", "longer than the run's 16 steps"),
     ("splitout(window=0)", "window must be an integer >= 1"),
     ("splitguard(p_fake=1.5)", r"p_fake must be a probability in \(0, 1\)"),
-    ("splitguard", "at least one fake batch"),
+    ("splitguard", "at least min_fakes=5 fake batches"),
     ("scrutinizer", "scores first at step 50"),
     ("scrutinizer(period=8, horizon=8)", r"horizon \(8\) must exceed the period"),
 ])

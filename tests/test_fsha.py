@@ -217,3 +217,19 @@ def test_a_detector_where_parties_do_not_run_is_refused(topology, client):
 
     with pytest.raises(SpecError, match=f"topology '{topology}' runs honest parties only"):
         ExperimentSpec(client=client, topology=topology, clients=2, attacks=()).build()
+
+
+@pytest.mark.parametrize("head,attack,score", [("decoder", "fsha", "ssim_mean"),
+                                               ("classifier", "fsha_property", "label_accuracy")])
+def test_the_run_pipeline_scores_the_servers_trained_networks(head, attack, score):
+    """Through run_experiment: the observation holds the server party as trained (its step
+    count is the run's, not 0) and the attack is scored by the one scoring path."""
+    from split_workbench.orchestration.runner import run_experiment
+
+    spec = ExperimentSpec(data="digits", model="mlp", cut="fc2", server=f"fsha({FAST}, head='{head}')",
+                          epochs=2, batch_size=32, lr=1e-4, aux_size=400, targets=32, attacks=(attack,))
+    rec = run_experiment(spec)
+    steps = sum(h["steps"] for h in rec["history"])
+    assert steps == 2 * ((1437 - 400) // 32)
+    assert rec["attacks"][attack]["stats"]["server_steps"] == steps
+    assert np.isfinite(rec["attacks"][attack][score])
