@@ -433,7 +433,10 @@ class FSHAAttack(AbstractAttack):
     def run(self, obs: Observation, *, key: jax.Array) -> AttackResult:
         view = _party(obs, self.name)
         out, seconds = timed(jax.jit(lambda z: view.strategy.decode(view.model, view.state, z)), obs.smash)
-        return AttackResult(out, {"seconds": seconds, "server_steps": int(view.state["step"])})
+        # no optimisation of its own: the decoder trained during training; its curve is the
+        # server's latest public reconstruction loss
+        return AttackResult(out, {"seconds": seconds, "server_steps": int(view.state["step"]), "steps": 0,
+                                  "loss_curve": np.asarray([float(view.state["ae_loss"])])})
 
 
 @register_attack("fsha_property")

@@ -2,7 +2,7 @@
 backward, pilot, decoder, critic with its gradient penalty, the server's own half), one
 jitted ``lax.scan`` over the iterations.
 
-    python -m bench.fsha [--iterations 200] [--configs cpu,paper]
+    python -m bench.fsha [--iterations N] [--configs tiny,cpu,paper]
 
 Configurations: ``paper`` is Pasquini et al.'s (32x32x3 inputs, ResNet client of width 64
 cut at level 4, critic 256 wide with six ResBlocks, batch 64); ``cpu`` is the setting
@@ -38,6 +38,8 @@ CONFIGS = {
     "tiny": dict(model="mlp", cut="fc2", shape=(8, 8, 1), width=None,
                  server=dict(width=8, d_width=64, d_blocks=2)),
 }
+# iterations per timed scan (a second scan of the same length is the steady figure)
+ITERATIONS = {"paper": 20, "cpu": 100, "tiny": 400}
 
 
 def measure(name: str, iterations: int, batch_size: int = 64) -> dict:
@@ -71,7 +73,7 @@ def measure(name: str, iterations: int, batch_size: int = 64) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--iterations", type=int, default=None, help=f"per timed scan (default {ITERATIONS})")
     ap.add_argument("--configs", default="tiny,cpu,paper")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
@@ -81,7 +83,7 @@ def main(argv=None):
         raise SystemExit(f"unknown configs {unknown}; known: {sorted(CONFIGS)}")
     rows = []
     for name in names:
-        rows.append(measure(name, a.iterations))
+        rows.append(measure(name, a.iterations or ITERATIONS[name]))
         print(json.dumps(rows[-1]), flush=True)
     out = a.out or Path(__file__).parent / "results" / f"fsha-{jax.default_backend()}.json"
     out.write_text(json.dumps({"machine": machine_info(), "results": rows}, indent=1))

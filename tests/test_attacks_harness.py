@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from split_workbench import attacks
-from split_workbench.attacks import ATTACKS, MissingObservation, Observation, build_attack
+from split_workbench.attacks import ATTACKS, FSHA, MissingObservation, Observation, build_attack
+from split_workbench.observation import PartyView
 from split_workbench.models import make_model
 from split_workbench.split import split
 
@@ -23,6 +24,8 @@ TINY = {
     "unsplit_labels": "unsplit_labels(steps=3, num_classes=3)",
     "norm_leak": "norm_leak",
     "cosine_leak": "cosine_leak",
+    "fsha": "fsha",
+    "fsha_property": "fsha_property",
 }
 N = 3
 SHAPE = (16, 16, 1)
@@ -51,10 +54,18 @@ def tiny():
         last.server.apply(last.params["server"], h_), y).mean())(h)
     label_party = Observation(smash=h, cut_grads=g, client_apply=last.server.apply,
                               client_init=last.params["server"], input_shape=SHAPE)
-    return {"full": full, "label_party": label_party, "x": x}
+    # a hijacking server's party (FSHA attacks read its decoder or classifier), freshly initialised
+    views = {}
+    for head in ("decoder", "classifier"):
+        server = FSHA(width=4, d_width=8, d_blocks=1, head=head).bind(np.asarray(aux_x), np.asarray(aux_y))
+        views[head] = dataclasses.replace(full, server_party=PartyView(server, sm, server.init(sm, key=key)))
+    return {"full": full, "label_party": label_party, "x": x, "fsha": views["decoder"],
+            "fsha_property": views["classifier"]}
 
 
 def _obs(tiny, name):
+    if name in ("fsha", "fsha_property"):
+        return tiny[name]
     return tiny["label_party"] if name == "unsplit_labels" else tiny["full"]
 
 
