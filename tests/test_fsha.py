@@ -31,17 +31,22 @@ def _public(shape=(8, 8, 1), n=40, classes=10):
 SMALL = dict(width=4, d_width=16, d_blocks=1)
 
 
-@pytest.mark.parametrize("input_shape,smash_shape", [((32, 32, 3), (4, 4, 256)), ((32, 32, 1), (16, 16, 8)),
+@pytest.mark.parametrize("input_shape,smash_shape", [((32, 32, 3), (4, 4, 32)), ((32, 32, 1), (16, 16, 8)),
                                                       ((28, 28, 1), (8, 8, 16)), ((8, 8, 1), (128,)),
                                                       ((28, 28, 1), (7, 7, 4))])
 def test_networks_fit_every_cut(input_shape, smash_shape):
     applies, params = fsha_networks(input_shape, smash_shape, 10, key=jax.random.key(0), **SMALL)
     x = jnp.ones((2, *input_shape))
-    z = applies["pilot"](params["pilot"], x)
+
+    @jax.jit
+    def forward(params, x):
+        z = applies["pilot"](params["pilot"], x)
+        return z, applies["head"](params["head"], z), applies["critic"](params["critic"], z)
+
+    z, rec, d = forward(params, x)
     assert z.shape == (2, *smash_shape)
-    rec = applies["head"](params["head"], z)
     assert rec.shape == (2, *input_shape) and float(rec.min()) >= 0 and float(rec.max()) <= 1
-    assert applies["critic"](params["critic"], z).shape == (2,)
+    assert d.shape == (2,)
 
 
 def test_paper_pilot_is_linear():
@@ -81,11 +86,12 @@ def test_cut_gradient_is_the_critics_gradient(scale, task_weight):
     st = parties["server"]
     z = jax.random.normal(jax.random.key(1), (6, *m.smash_shape))
     y = jnp.arange(6) % 10
-    reply = tr.server.respond(m, cross_entropy, m.params["server"], st, z, y, key=jax.random.key(2))
+    reply = jax.jit(lambda st, z: tr.server.respond(m, cross_entropy, m.params["server"], st, z, y,
+                                                    key=jax.random.key(2)))(st, z)
     applies, _ = tr.server.networks(m, key=jax.random.key(0))
-    adv = jax.grad(lambda zz: applies["critic"](st["critic"], zz).mean())(z)
+    adv = jax.jit(jax.grad(lambda zz: applies["critic"](st["critic"], zz).mean()))(z)
     honest = task_reply(m, cross_entropy, m.params["server"], z, y)
-    np.testing.assert_allclose(reply.cut_grads, scale * adv + task_weight * honest.cut_grads, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(reply.cut_grads, scale * adv + task_weight * honest.cut_grads, rtol=1e-4, atol=1e-6)
     # its own half trains honestly, and it reports the honest loss
     assert float(reply.loss) == pytest.approx(float(honest.loss))
     assert int(reply.state["step"]) == 1
@@ -98,8 +104,9 @@ def test_honest_every_interleaves_honest_replies():
     y = jnp.arange(6) % 10
     honest = task_reply(m, cross_entropy, m.params["server"], z, y).cut_grads
     sent_honest = []
+    respond = jax.jit(lambda st, k: tr.server.respond(m, cross_entropy, m.params["server"], st, z, y, key=k))
     for i in range(6):
-        reply = tr.server.respond(m, cross_entropy, m.params["server"], st, z, y, key=jax.random.key(i))
+        reply = respond(st, jax.random.key(i))
         st = reply.state
         sent_honest.append(bool(jnp.allclose(reply.cut_grads, honest)))
     assert sent_honest == [False, False, True, False, False, True]
@@ -220,7 +227,8 @@ def test_a_detector_where_parties_do_not_run_is_refused(topology, client):
 
 
 @pytest.mark.parametrize("head,attack,score", [("decoder", "fsha", "ssim_mean"),
-                                               ("classifier", "fsha_property", "label_accuracy")])
+                                               pytest.param("classifier", "fsha_property", "label_accuracy",
+                                                            marks=pytest.mark.slow)])
 def test_the_run_pipeline_scores_the_servers_trained_networks(head, attack, score):
     """Through run_experiment: the observation holds the server party as trained (its step
     count is the run's, not 0) and the attack is scored by the one scoring path."""
