@@ -116,24 +116,46 @@ def mean_image_mse(spec) -> float:
     return 4.0 * score_inversion(jnp.asarray(mean), jnp.asarray(xt))["mse_mean"]
 
 
-def figure(curves: dict, out_dir) -> None:
+PAPER_MNIST = {1000: 0.1102, 2500: 0.058, 5000: 0.032, 7500: 0.022, 9500: 0.0193}
+
+
+def figure(curves: dict, out_dir, floors: dict | None = None) -> None:
+    """MSE on [-1, 1] against the iteration, one panel per dataset: every decoder arm, the
+    mean-image floor (dashed) and, on MNIST-like data, the paper's FSHA points (stars)."""
     plt = _common.pyplot()
     datas = list(dict.fromkeys(d for d, _ in curves))
-    fig, axes = plt.subplots(1, len(datas), figsize=(3.4 * len(datas), 2.7), squeeze=False)
+    fig, axes = plt.subplots(1, len(datas), figsize=(3.4 * len(datas), 2.8), squeeze=False)
     for ax, data in zip(axes[0], datas):
         for (d, arm), c in curves.items():
             if d != data or "mse_paper" not in c["points"][0]:
                 continue
             it = [pt["iteration"] for pt in c["points"]]
             ax.plot(it, [pt["mse_paper"] for pt in c["points"]], marker="o", ms=2.5, lw=1.2, label=arm)
+        if floors and data in floors:
+            ax.axhline(floors[data], color="0.4", ls="--", lw=1, label="mean image")
+        if data.startswith("mnist"):
+            ax.plot(list(PAPER_MNIST), list(PAPER_MNIST.values()), "k*", ms=5, label="paper (MNIST)")
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylabel("reconstruction MSE ([-1, 1])", fontsize=8)
         ax.set_title(data, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_ylim(bottom=0)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(fontsize=6.5, loc="upper right", frameon=False)
     fig.tight_layout()
     _common.save_figure(fig, out_dir, "fsha_mse_vs_iteration")
+
+
+def replot(out_dir) -> None:
+    """Redraws the figure from ``curves.json`` and ``results.json`` in ``out_dir``."""
+    import json
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    raw = json.loads((out_dir / "curves.json").read_text())
+    res = json.loads((out_dir / "results.json").read_text())["results"]
+    curves = {tuple(k.split("/", 1)): v for k, v in raw.items()}
+    floors = {k.split("/")[0]: v for k, v in res.items() if k.endswith("/mean_image/mse_paper")}
+    figure(curves, out_dir, floors)
 
 
 def run(out_dir, smoke: bool, mode_name: str | None = None) -> dict:
@@ -169,7 +191,7 @@ def run(out_dir, smoke: bool, mode_name: str | None = None) -> dict:
         if c["iterations_per_second"]:
             results[f"{base.data}/{a_name}/iterations_per_second"] = c["iterations_per_second"]
     (out_dir / "curves.json").write_text(json.dumps({f"{d}/{a}": c for (d, a), c in curves.items()}, indent=1))
-    figure(curves, out_dir)
+    figure(curves, out_dir, {k.split("/")[0]: v for k, v in results.items() if k.endswith("/mean_image/mse_paper")})
     return results
 
 
