@@ -15,8 +15,8 @@ from split_workbench.wire import Wire
 
 # Small inputs keep the exhaustive (model x cut) sweep fast; the architectures are unchanged.
 SHAPES = {"he2019-lenet": (16, 16, 1), "he2019-cifar": (8, 8, 3), "titcombe2021-mnist": (8, 8, 1),
-          "mlp": (6, 6, 1), "resnet18": (16, 16, 3)}
-KWARGS = {"resnet18": {"width": 8}}
+          "mlp": (6, 6, 1), "resnet18": (16, 16, 3), "fsha-resnet": (16, 16, 1)}
+KWARGS = {"resnet18": {"width": 8}, "fsha-resnet": {"width": 4}}
 
 
 def _model(name):

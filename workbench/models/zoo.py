@@ -212,10 +212,11 @@ class FshaResBlock(nnx.Module):
 
 
 class FshaStem(nnx.Module):
-    """conv 3x3 - GroupNorm - ReLU - max-pool 2x2 (the paper's first layer has BatchNorm)."""
+    """conv 3x3 - GroupNorm - ReLU - max-pool 2x2 (the paper's first layer has BatchNorm). The
+    conv has no bias: the normalisation removes it (its gradient is zero up to rounding)."""
 
     def __init__(self, cin: int, cout: int, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", rngs=rngs, **conv_kwargs())
+        self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", use_bias=False, rngs=rngs, **conv_kwargs())
         self.norm = nnx.GroupNorm(cout, num_groups=min(32, cout), rngs=rngs)
 
     def __call__(self, x):
