@@ -422,34 +422,38 @@ def _party(obs: Observation, attack: str):
     return view
 
 
-@register_attack("fsha")
-class FSHAAttack(AbstractAttack):
-    """Decodes the observed smash with the hijacking server's trained decoder."""
+class _ReadsServer(AbstractAttack):
+    """An attack with no optimisation of its own: it applies a network the hijacking server
+    trained during training (``head``: ``"decode"`` or ``"classify"``) to the observed smash.
+    Its ``loss_curve`` is the server's latest loss on its public set."""
 
-    name = "fsha"
     needs = frozenset({"smash", "server_party"})
     requires_server = "fsha"
+    head: str
 
     def run(self, obs: Observation, *, key: jax.Array) -> AttackResult:
         view = _party(obs, self.name)
-        out, seconds = timed(jax.jit(lambda z: view.strategy.decode(view.model, view.state, z)), obs.smash)
-        # no optimisation of its own: the decoder trained during training; its curve is the
-        # server's latest public reconstruction loss
+        apply = getattr(view.strategy, self.head)
+        out, seconds = timed(jax.jit(lambda z: apply(view.model, view.state, z)), obs.smash)
+        if self.kind == "label":
+            out = jnp.argmax(out, -1)
         return AttackResult(out, {"seconds": seconds, "server_steps": int(view.state["step"]), "steps": 0,
                                   "loss_curve": np.asarray([float(view.state["ae_loss"])])})
 
 
+@register_attack("fsha")
+class FSHAAttack(_ReadsServer):
+    """Decodes the observed smash with the hijacking server's trained decoder."""
+
+    name = "fsha"
+    head = "decode"
+
+
 @register_attack("fsha_property")
-class FSHAProperty(AbstractAttack):
+class FSHAProperty(_ReadsServer):
     """Property inference: the hijacking server's classifier on the pilot space, applied to
     the observed smash (the predicted class of each target)."""
 
     name = "fsha_property"
     kind = "label"
-    needs = frozenset({"smash", "server_party"})
-    requires_server = "fsha"
-
-    def run(self, obs: Observation, *, key: jax.Array) -> AttackResult:
-        view = _party(obs, self.name)
-        logits, seconds = timed(jax.jit(lambda z: view.strategy.classify(view.model, view.state, z)), obs.smash)
-        return AttackResult(jnp.argmax(logits, -1), {"seconds": seconds, "server_steps": int(view.state["step"])})
+    head = "classify"
